@@ -1,0 +1,14 @@
+"""adasde: few-step diffusion sampling with learned coefficients (AdaSDE, AMED) for ComfyUI, WebUI and scripts.
+
+Importing this package imports no host module.  ComfyUI finds the node pack through ``comfy_entrypoint`` below, which
+imports ``nodes`` lazily.
+"""
+
+__version__ = "0.1.0"
+
+
+async def comfy_entrypoint():  # noqa: ANN201 - ComfyUI V3 entry point
+    """ComfyUI V3 entry point: returns the ComfyExtension of ``nodes/`` (imported only inside ComfyUI)."""
+    from .nodes import comfy_entrypoint as _entrypoint
+
+    return await _entrypoint()

@@ -1,0 +1,7 @@
+"""``python -m adasde``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

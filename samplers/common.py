@@ -1,0 +1,176 @@
+"""Helpers shared by every sampler: sigma grids, directions, seeded per-sample noise, churn and AFS.
+
+Conventions (docs/ARCHITECTURE.md): ``model(x, sigma * s_in, **extra_args)`` returns x0; ``d = (x - x0) / sigma`` is
+the probability-flow ODE direction for sigma-form *and* flow models (ALGORITHMS.md section 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+NoiseSampler = Callable[[Any, Any], torch.Tensor]
+
+
+def append_zero(sigmas: torch.Tensor) -> torch.Tensor:
+    """``sigmas`` with a trailing 0 (ComfyUI convention)."""
+    return torch.cat([sigmas, sigmas.new_zeros([1])])
+
+
+def to_d(x: torch.Tensor, sigma: Any, denoised: torch.Tensor) -> torch.Tensor:
+    """ODE direction dx/dsigma = (x - D(x; sigma)) / sigma."""
+    return (x - denoised) / sigma
+
+
+def sigma_list(sigmas: torch.Tensor | Sequence[float]) -> list[float]:
+    """The grid as Python floats: one host sync before the loop instead of one per step.
+
+    Raises ``ValueError`` for an empty, non-finite, negative or increasing grid.
+    """
+    s = [float(v) for v in (sigmas.detach().flatten().cpu().tolist() if torch.is_tensor(sigmas) else sigmas)]
+    if len(s) < 2:
+        raise ValueError(f"a sigma grid needs at least 2 points, got {len(s)}")
+    if any(not math.isfinite(v) or v < 0 for v in s):
+        raise ValueError(f"sigmas must be finite and >= 0, got {s}")
+    if any(b >= a for a, b in zip(s[:-1], s[1:])):
+        raise ValueError(f"sigmas must be strictly decreasing, got {s}")
+    return s
+
+
+def split_trailing_zero(s: list[float]) -> tuple[list[float], bool]:
+    """(positive part of the grid, whether it ended in 0)."""
+    if s[-1] == 0.0:
+        return s[:-1], True
+    return s, False
+
+
+def batch_ones(x: torch.Tensor) -> torch.Tensor:
+    return x.new_ones([x.shape[0]])
+
+
+def bcast(v: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor | float:
+    """Broadcast a scalar or a per-sample ``[B]`` tensor against ``x`` ([B, ...])."""
+    if torch.is_tensor(v) and v.ndim == 1 and v.numel() == x.shape[0] and x.ndim > 1:
+        return v.view(-1, *([1] * (x.ndim - 1)))
+    return v
+
+
+def sigma_input(sigma: torch.Tensor | float, s_in: torch.Tensor) -> torch.Tensor:
+    """The ``[B]`` sigma vector passed to the model (scalar or per-sample sigma)."""
+    if torch.is_tensor(sigma):
+        sigma = sigma.to(s_in.dtype)
+        return sigma * s_in if sigma.ndim == 0 else sigma.reshape(-1) * s_in
+    return sigma * s_in
+
+
+# --------------------------------------------------------------------------------------------- model type detection
+def is_flow_model(model: Any) -> bool:
+    """Duck-typed detection of flow (rectified-flow, x = (1 - s) x0 + s eps) models.
+
+    Looks for an explicit ``flow`` attribute (our ``Denoiser``) or a ComfyUI-style ``model_sampling`` object whose class
+    hierarchy contains ``CONST`` along the ``inner_model`` chain.  Host adapters should pass ``flow=`` explicitly.
+    """
+    seen = 0
+    m = model
+    while m is not None and seen < 6:
+        flag = getattr(m, "flow", None)
+        if isinstance(flag, bool):
+            return flag
+        ms = getattr(m, "model_sampling", None)
+        if ms is None and hasattr(m, "model_patcher"):
+            try:
+                ms = m.model_patcher.get_model_object("model_sampling")
+            except Exception:  # noqa: BLE001 - best effort, host-specific
+                ms = None
+        if ms is not None:
+            names = {c.__name__ for c in type(ms).__mro__}
+            if "CONST" in names:
+                return True
+            if names & {"EPS", "V_PREDICTION", "EDM", "X0"}:
+                return False
+        m = getattr(m, "inner_model", None)
+        seen += 1
+    return False
+
+
+# ---------------------------------------------------------------------------------------------------- seeded noise
+def sample_seeds(seed: Any, batch: int) -> list[int] | None:
+    """Per-sample seeds: an int ``s`` gives ``s, s+1, ...``; a list/tensor gives one seed per sample; None -> None."""
+    if seed is None:
+        return None
+    if torch.is_tensor(seed):
+        seed = seed.flatten().tolist()
+    if isinstance(seed, (list, tuple)):
+        if len(seed) == 1 and batch > 1:
+            return [int(seed[0]) + i for i in range(batch)]
+        if len(seed) != batch:
+            raise ValueError(f"got {len(seed)} seeds for a batch of {batch}")
+        return [int(v) for v in seed]
+    return [int(seed) + i for i in range(batch)]
+
+
+class SeededNoise:
+    """Noise sampler ``(sigma, sigma_next) -> N(0, I)`` with one CPU generator per sample.
+
+    Sample ``i``'s noise depends only on its own seed and on how many draws were made before, so the same seed gives
+    the same noise whatever the batch size, the position in the batch or the device.  Offset ``salt`` decorrelates
+    this stream from the host's initial-noise stream, which uses the same seed.
+    """
+
+    def __init__(self, x: torch.Tensor, seeds: list[int], salt: int = 0x5DE):
+        self.shape = tuple(x.shape[1:])
+        self.device, self.dtype = x.device, x.dtype
+        self.gens = [torch.Generator(device="cpu").manual_seed((s * 1_000_003 + salt) % (2**63)) for s in seeds]
+
+    def __call__(self, sigma: Any = None, sigma_next: Any = None) -> torch.Tensor:
+        z = torch.stack([torch.randn(self.shape, generator=g, dtype=torch.float32) for g in self.gens])
+        return z.to(device=self.device, dtype=self.dtype)
+
+
+def default_noise_sampler(x: torch.Tensor, extra_args: dict | None, noise_sampler: NoiseSampler | None) -> NoiseSampler:
+    """The host's ``noise_sampler`` if given, else per-sample seeded noise from ``extra_args['seed']``, else the global
+    torch RNG (not reproducible per sample; documented)."""
+    if noise_sampler is not None:
+        return noise_sampler
+    seeds = sample_seeds((extra_args or {}).get("seed"), x.shape[0])
+    if seeds is not None:
+        return SeededNoise(x, seeds)
+    return lambda sigma=None, sigma_next=None: torch.randn_like(x)
+
+
+# --------------------------------------------------------------------------------------------- churn and AFS
+def churn(
+    x: torch.Tensor,
+    sigma: torch.Tensor | float,
+    sigma_hat: torch.Tensor | float,
+    noise: torch.Tensor,
+    flow: bool = False,
+    s_noise: float = 1.0,
+) -> torch.Tensor:
+    """Raise the noise level of ``x`` from ``sigma`` to ``sigma_hat`` >= sigma (ALGORITHMS.md section 3.2, step 2).
+
+    Sigma form (x = x0 + sigma eps): x + sqrt(sigma_hat^2 - sigma^2) z.  Flow form (x = (1 - sigma) x0 + sigma eps):
+    scale by alpha = (1 - sigma_hat) / (1 - sigma), then add sqrt(sigma_hat^2 - alpha^2 sigma^2) z, so that the
+    result is again exactly on the flow path at sigma_hat.
+    """
+    if flow:
+        alpha = (1 - sigma_hat) / (1 - sigma) if not (isinstance(sigma, float) and sigma >= 1.0) else 1.0
+        var = sigma_hat**2 - (alpha * sigma) ** 2
+        std = torch.sqrt(torch.clamp(torch.as_tensor(var), min=0)) if torch.is_tensor(var) else math.sqrt(max(var, 0.0))
+        return alpha * x + s_noise * std * noise
+    var = sigma_hat**2 - sigma**2
+    std = torch.sqrt(torch.clamp(var, min=0)) if torch.is_tensor(var) else math.sqrt(max(var, 0.0))
+    return x + s_noise * std * noise
+
+
+def afs_direction(x: torch.Tensor, sigma: torch.Tensor | float, flow: bool = False) -> torch.Tensor:
+    """Analytical first step (GENIE / ALGORITHMS.md section 5): d_0 = x / sqrt(1 + sigma^2) in sigma form (data mean
+    assumed 0), x / sigma for flow models (D ~ 0).  Costs no model call."""
+    if flow:
+        return x / sigma
+    if torch.is_tensor(sigma):
+        return x / torch.sqrt(1 + sigma**2)
+    return x / math.sqrt(1 + sigma**2)
