@@ -20,7 +20,8 @@ _SUBSYSTEMS = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="adasde",
-        description="Few-step diffusion sampling with learned coefficients (AdaSDE, AMED): demo, distil, sample, score.",
+        description="Few-step diffusion sampling with learned coefficients (AdaSDE, AMED): "
+        "demo, distil, sample, score.",
     )
     from . import __version__
 

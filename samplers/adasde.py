@@ -106,7 +106,8 @@ def resolve_tables(
         name = getattr(coeffs, "source", None) or "the coefficient set"
         msg = (
             f"AdaSDE: {name} was trained for a {len(trained_grid)}-point grid "
-            f"[{trained_grid[0]:.4g} .. {trained_grid[-1]:.4g}] (NFE {getattr(coeffs, 'nfe', '?')}), but sampling got a "
+            f"[{trained_grid[0]:.4g} .. {trained_grid[-1]:.4g}] (NFE {getattr(coeffs, 'nfe', '?')}), "
+            f"but sampling got a "
             f"{len(grid)}-point grid [{grid[0]:.4g} .. {grid[-1]:.4g}]; using untrained AdaSDE (DPM-Solver-2: r=0.5, "
             f"a=c=1, gamma=0). Use the 'adasde' scheduler / AdaSDE Sigmas, or distil coefficients for {steps} steps."
         )

@@ -1,0 +1,82 @@
+"""The ``Denoiser`` interface and the model-spec registry (docs/ARCHITECTURE.md, "The model contract")."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class ModelSpecError(ValueError):
+    """A model spec could not be resolved or loaded; the message names the spec/file and the fix."""
+
+
+class Denoiser(nn.Module):
+    """A diffusion model in sigma form: ``forward(x, sigma_vec, **extra) -> x0`` (ALGORITHMS.md section 1).
+
+    Subclasses set the attributes below and implement :meth:`denoise`.  ``bottleneck()`` returns the U-Net middle
+    feature map of the most recent call (for AMED) or None; ``decode`` maps samples to images in [0, 1] (NCHW).
+    """
+
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    sample_shape: tuple[int, ...] = (1, 28, 28)
+    family: str = "unknown"
+    prediction: str = "edm"
+    flow: bool = False
+    model_sigmas: torch.Tensor | None = None
+    default_schedule: tuple[str, float] = ("time_uniform", 1.0)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._bottleneck: torch.Tensor | None = None
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype)
+        if sigma.ndim == 0:
+            sigma = sigma.expand(x.shape[0])
+        extra = {k: v for k, v in extra.items() if k not in ("seed", "model_options", "denoise_mask")}
+        return self.denoise(x, sigma.reshape(-1), **extra)
+
+    def bottleneck(self) -> torch.Tensor | None:
+        return self._bottleneck
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Samples -> images in [0, 1] (pixel models: x in [-1, 1])."""
+        return ((x + 1) / 2).clamp(0, 1)
+
+    def identity(self) -> dict[str, Any]:
+        """Fields for ``coefficients.ModelIdentity``."""
+        return {
+            "family": self.family,
+            "prediction": self.prediction,
+            "sigma_min": float(self.sigma_min),
+            "sigma_max": float(self.sigma_max),
+        }
+
+
+Resolver = Callable[..., Denoiser]
+_RESOLVERS: dict[str, Resolver] = {}
+
+
+def register_resolver(prefix: str, fn: Resolver) -> None:
+    """Register ``fn(rest, device=None, dtype=None, **kw) -> Denoiser`` for specs ``"prefix:rest"``."""
+    _RESOLVERS[prefix] = fn
+
+
+def load_model(spec: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+               **kw: Any) -> Denoiser:
+    """Resolve a model spec such as ``builtin:fmnist`` or ``diffusers:/path/to/folder``."""
+    from . import _ensure_resolvers
+
+    _ensure_resolvers()
+    prefix, sep, rest = spec.partition(":")
+    if not sep or prefix not in _RESOLVERS:
+        known = ", ".join(sorted(f"{p}:..." for p in _RESOLVERS)) or "none"
+        raise ModelSpecError(f"unknown model spec {spec!r}; known forms: {known}")
+    return _RESOLVERS[prefix](rest, device=device, dtype=dtype, **kw)
