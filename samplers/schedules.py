@@ -65,7 +65,7 @@ def discrete_sigma_to_t(sigma: torch.Tensor, model_sigmas: torch.Tensor) -> torc
 
 
 def discrete_t_to_sigma(t: torch.Tensor, model_sigmas: torch.Tensor) -> torch.Tensor:
-    """sigma(t) of a discrete table, t_i = (i + 1) / T, log sqrt(alpha_bar) linear in t (DPM-Solver's NoiseScheduleVP)."""
+    """sigma(t) of a discrete table, t_i = (i + 1) / T, log sqrt(alpha_bar) linear in t (DPM-Solver's VP)."""
     tt, log_alpha = _discrete_tables(model_sigmas)
     la = _interp(torch.as_tensor(t, dtype=torch.float64), tt, log_alpha)
     return torch.sqrt(torch.expm1(-2 * la))
@@ -84,7 +84,7 @@ def get_sigmas(
     """``n`` decreasing sigmas of a schedule (ALGORITHMS.md section 2).
 
     ``polynomial`` (EDM/Karras, rho 7), ``logsnr`` (log sigma linear), ``time_uniform`` (VP-SDE fit through sigma_min
-    and sigma_max, uniform in t**(1/rho), rho 1) and ``discrete`` (uniform in the time of a model's discrete sigma table,
+    and sigma_max, uniform in t**(1/rho), rho 1) and ``discrete`` (uniform in the time of a model's sigma table,
     rho 1; sigma_min/sigma_max default to the table's ends).  Computed in float64, returned in ``dtype``.
     """
     if kind == "discrete":
