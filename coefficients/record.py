@@ -14,6 +14,7 @@ import torch
 FORMAT_VERSION = 1
 KINDS = ("adasde", "amed", "amed_plugin")
 PREDICTIONS = ("edm", "eps", "v", "flow", "x0", "unknown")
+BASES = ("euler", "dpm_2", "ipndm", "dpmpp")  # AMED-Plugin base solvers (ALGORITHMS.md section 4.3)
 
 
 @dataclass
