@@ -16,6 +16,7 @@ import math
 import os
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ GAMMA_BIAS = 2 * math.log(0.6 / 0.4)  # section 3.1: gamma = g_min + (g_max - g_
 _CONTAINERS = {"dict", "list", "tuple", "set", "frozenset", "bytearray", "bytes", "str", "int", "float", "bool",
                "complex", "slice", "range", "object"}
 _TORCH_REBUILD = {"_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_parameter", "_rebuild_parameter_with_state"}
+_PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 _DTYPE_NAMES = {"float16", "float32", "float64", "bfloat16", "half", "float", "double", "int8", "int16", "int32",
                 "int64", "uint8", "bool", "long", "int", "short"}
 
@@ -72,7 +74,13 @@ class PersistentObject(Stub):
 def _safe_storage_from_bytes(b: bytes) -> torch.storage.TypedStorage:
     """Rebuild the storage of a pickled tensor from its legacy ``torch.save`` bytes (magic, protocol, sys info,
     object pickle with one storage id, key list, raw data) with the restricted unpickler; no ``torch.load``."""
-    f = io.BytesIO(bytes(b))
+    with warnings.catch_warnings():  # TypedStorage deprecation notices
+        warnings.simplefilter("ignore")
+        return _storage_from_bytes(bytes(b))
+
+
+def _storage_from_bytes(b: bytes) -> torch.storage.TypedStorage:
+    f = io.BytesIO(b)
     for _ in range(3):  # magic number, protocol version, system info: plain data
         _RestrictedData(f).load()
     ids: list[tuple[Any, ...]] = []
@@ -120,6 +128,7 @@ class _RestrictedData(pickle.Unpickler):
     stub_prefixes: tuple[str, ...] = ()
 
     def find_class(self, module: str, name: str) -> Any:
+        module = _PY2_MODULES.get(module, module)  # protocol 0-2 pickles name the Python 2 modules
         if module == "builtins" and name in _CONTAINERS:
             return getattr(builtins, name)
         if module == "copyreg" and name == "_reconstructor":

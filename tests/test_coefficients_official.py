@@ -1,0 +1,215 @@
+"""coefficients.official: importing official AdaSDE predictor pickles without executing them.
+
+The test builds pickles with the structure of the released ``network-snapshot-*.pkl`` files (ASSETS.md section 6): a
+``torch_utils.persistence`` reconstruct call whose argument carries the class source and the ``nn.Module`` state with
+the raw tables as ``nn.Parameter``s.  The throwaway modules exist in ``sys.modules`` only while pickling.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import math
+import os
+import pickle
+import sys
+import types
+
+import pytest
+import torch
+from adasde.coefficients import CoefficientFileError, import_official, load, save
+from adasde.samplers import get_sigmas
+
+SRC = "import os\nos.system('touch SHOULD_NOT_EXIST')\nclass adasde_predictor: pass\n"
+B = 2 * math.log(0.6 / 0.4)
+# effective values of the released 00000 run (3 grid points, NFE 3), ASSETS.md section 6
+EFF = {"r": [0.2265, 0.1606], "c": [0.9976, 0.9971], "a": [0.8039, 0.9909], "gamma": [0.01222, 0.00043]}
+
+
+def _raw(scale_dir=0.05, scale_time=0.2, g_max=0.02, g_min=1e-4):
+    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    atanh2 = lambda v, s: 2 * math.atanh((v - 1) / s)  # noqa: E731
+    return {
+        "r_params": [[logit(v)] for v in EFF["r"]],
+        "scale_dir_params": [[atanh2(v, scale_dir)] for v in EFF["c"]],
+        "scale_time_params": [[atanh2(v, scale_time)] for v in EFF["a"]],
+        "gamma_params": [[2 * logit((v - g_min) / (g_max - g_min)) - B] for v in EFF["gamma"]],
+        "weight_s": [[0.3], [-1.0]],
+    }
+
+
+@contextlib.contextmanager
+def fake_modules(names):
+    mods = {n: types.ModuleType(n) for n in names}
+    saved = {n: sys.modules.get(n) for n in names}
+    sys.modules.update(mods)
+    try:
+        yield mods
+    finally:
+        for n, m in saved.items():
+            if m is None:
+                sys.modules.pop(n, None)
+            else:
+                sys.modules[n] = m
+
+
+def build_pickle(path, attrs=None, protocol=4, evil=None, raw=None):
+    """Write a persistence-style predictor pickle; ``evil`` is an object placed inside the predictor's state."""
+    names = ["torch_utils", "torch_utils.persistence", "training", "training.networks", "training.loss"]
+    with fake_modules(names) as mods:
+        def _reconstruct_persistent_obj(meta):  # what the original loader would exec
+            raise AssertionError("never called while pickling")
+
+        _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
+        _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
+        mods["torch_utils.persistence"]._reconstruct_persistent_obj = _reconstruct_persistent_obj
+
+        class adasde_predictor(torch.nn.Module):  # noqa: N801 - name of the original class
+            def __reduce__(self):
+                state = dict(self.__dict__)
+                meta = dict(type="class", version=6, module_src=SRC,
+                            class_name="training.networks.adasde_predictor", state=state)
+                return (_reconstruct_persistent_obj, (meta,))
+
+        adasde_predictor.__module__ = "training.networks"
+        adasde_predictor.__qualname__ = "adasde_predictor"
+        mods["training.networks"].adasde_predictor = adasde_predictor
+
+        class AdaSDE_loss:  # noqa: N801 - pickled by reference, not through persistence
+            def __init__(self):
+                self.num_steps, self.solver, self.M = 3, "adasde", 3
+
+        AdaSDE_loss.__module__ = "training.loss"
+        AdaSDE_loss.__qualname__ = "AdaSDE_loss"
+        mods["training.loss"].AdaSDE_loss = AdaSDE_loss
+
+        m = adasde_predictor()
+        for k, v in (raw or _raw()).items():
+            setattr(m, k, torch.nn.Parameter(torch.tensor(v, dtype=torch.float32)))
+        defaults = dict(num_steps=3, num_points=1, scale_dir=0.05, scale_time=0.2, gamma=0.02, gamma_min=1e-4,
+                        schedule_type="time_uniform", schedule_rho=1.0, afs=True, dataset_name="cifar10",
+                        sigma_min=0.002, sigma_max=80.0, fcn=False)
+        for k, v in {**defaults, **(attrs or {})}.items():
+            if v is None:
+                continue
+            setattr(m, k, v)
+        if evil is not None:
+            m.hidden = evil
+        with open(path, "wb") as f:
+            pickle.dump(dict(model=m.eval().requires_grad_(False), loss_fn=AdaSDE_loss()), f, protocol=protocol)
+    return path
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_decoded_values(tmp_path, protocol):
+    c = import_official(build_pickle(tmp_path / "network-snapshot-010000.pkl", protocol=protocol))
+    for k, vals in EFF.items():
+        assert torch.allclose(getattr(c, k).flatten().double(), torch.tensor(vals, dtype=torch.float64),
+                              atol=1e-6), k
+    assert torch.allclose(c.w, torch.ones(2, 1))  # softmax over K = 1
+    assert torch.allclose(c.sigmas, torch.tensor([80.0, 2.82369, 0.002], dtype=torch.float64), rtol=1e-5)
+    assert torch.equal(c.sigmas, get_sigmas("time_uniform", 3, 0.002, 80.0, 1.0, dtype=torch.float64))
+    assert (c.kind, c.afs, c.nfe, c.schedule, c.rho) == ("adasde", True, 3, "time_uniform", 1.0)
+    assert c.model.family == "edm-cifar10" and c.model.prediction == "edm"
+    assert c.training["kimg"] == 10000 and c.training["gamma_min"] == 1e-4
+    assert c.training["class_name"] == "training.networks.adasde_predictor"
+    assert not os.path.exists("SHOULD_NOT_EXIST")
+    d = load(save(c, tmp_path / "cifar10_nfe3.safetensors"))  # exports to our format
+    assert torch.equal(d.r, c.r) and d.model.family == "edm-cifar10"
+
+
+def test_raw_mappings_and_defaults(tmp_path):
+    raw = {"r_params": [[0.0, 1.0], [-2.0, 0.5]], "scale_dir_params": [[1.0, -1.0], [0.0, 3.0]],
+           "scale_time_params": [[0.5, 0.5], [-0.5, 0.0]], "gamma_params": [[0.0, 1.0], [-1.0, 2.0]],
+           "weight_s": [[0.0, 1.0], [2.0, -1.0]]}
+    attrs = dict(num_points=2, gamma_min=None, scale_dir=0.1, gamma=0.01, fcn=True)
+    c = import_official(build_pickle(tmp_path / "p.pkl", attrs=attrs, raw=raw))
+    t = {k: torch.tensor(v, dtype=torch.float64) for k, v in raw.items()}
+    assert torch.allclose(c.r.double(), torch.sigmoid(t["r_params"]), atol=1e-6)
+    c_ref = 1 + 0.1 * torch.tanh(t["scale_dir_params"] / 2)
+    c_ref[-1] = 1.0  # fcn: last step's direction scale forced to 1
+    assert torch.allclose(c.c.double(), c_ref, atol=1e-6)
+    assert torch.allclose(c.a.double(), 1 + 0.2 * torch.tanh(t["scale_time_params"] / 2), atol=1e-6)
+    g_ref = 1e-4 + (0.01 - 1e-4) * torch.sigmoid((t["gamma_params"] + B) / 2)  # gamma_min absent -> 1e-4
+    assert torch.allclose(c.gamma.double(), g_ref, atol=1e-8)
+    assert torch.allclose(c.w.double(), torch.softmax(t["weight_s"], -1), atol=1e-6)
+    assert c.K == 2 and c.nfe == 5
+
+
+def test_disabled_flags(tmp_path):
+    c = import_official(build_pickle(tmp_path / "p.pkl", attrs=dict(scale_dir=0, scale_time=0, gamma=0)))
+    assert torch.equal(c.c, torch.ones(2, 1)) and torch.equal(c.a, torch.ones(2, 1))
+    assert torch.equal(c.gamma, torch.zeros(2, 1))
+
+
+class _System:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class _Exec:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (builtins.exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+@pytest.mark.parametrize("evil_cls, called", [(_System, os.system.__module__ + ".system"), (_Exec, "builtins.exec")])
+def test_malicious_pickle_refused(tmp_path, evil_cls, called):
+    marker = tmp_path / "pwned"
+    path = build_pickle(tmp_path / "evil.pkl", evil=evil_cls(marker))
+    with pytest.raises(CoefficientFileError, match="refusing to load") as e:
+        import_official(path)
+    assert called in str(e.value) and str(path) in str(e.value)
+    assert not marker.exists()
+    top = tmp_path / "top.pkl"  # the payload alone, at the top level
+    top.write_bytes(pickle.dumps(evil_cls(marker)))
+    with pytest.raises(CoefficientFileError, match=f"pickle tries to call {called}"):
+        import_official(top)
+    assert not marker.exists()
+
+
+def test_other_globals_refused(tmp_path):
+    p = tmp_path / "sub.pkl"
+    p.write_bytes(b"csubprocess\nPopen\n(S'true'\ntR.")
+    with pytest.raises(CoefficientFileError, match="subprocess.Popen"):
+        import_official(p)
+    p.write_bytes(pickle.dumps(torch.nn.Linear(2, 2)))  # a real torch module class is not on the whitelist
+    with pytest.raises(CoefficientFileError, match="torch.nn.modules.linear.Linear"):
+        import_official(p)
+
+
+def test_broken_inputs(tmp_path):
+    with pytest.raises(CoefficientFileError, match="no such file"):
+        import_official(tmp_path / "missing.pkl")
+    p = tmp_path / "trunc.pkl"
+    good = build_pickle(tmp_path / "g.pkl").read_bytes()
+    p.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CoefficientFileError, match="not a readable pickle"):
+        import_official(p)
+    p.write_bytes(pickle.dumps({"model": {"foo": 1}}))
+    with pytest.raises(CoefficientFileError, match="no predictor state"):
+        import_official(p)
+    bad = build_pickle(tmp_path / "b.pkl", attrs=dict(num_steps=5))
+    with pytest.raises(CoefficientFileError, match="num_steps=5 but the tables have 2 rows"):
+        import_official(bad)
+
+
+def test_safe_unpickler_rebuilds_tensors_without_torch_load():
+    import io
+
+    from adasde.coefficients.official import SafeUnpickler
+
+    t = torch.arange(6, dtype=torch.float64).reshape(2, 3)[:, 1:]  # a strided view with a storage offset
+    with pytest.warns(UserWarning):
+        typed = t.storage()  # a typed storage, as older torch versions pickled them
+    for obj, ref in ((t, t), (typed, torch.arange(6.0, dtype=torch.float64)),
+                     (torch.nn.Parameter(torch.tensor([1.5, -2.0])), torch.tensor([1.5, -2.0]))):
+        for protocol in (2, 4):
+            out = SafeUnpickler(io.BytesIO(pickle.dumps(obj, protocol=protocol))).load()
+            vals = torch.tensor(out.tolist(), dtype=ref.dtype)
+            assert torch.equal(vals, ref)
