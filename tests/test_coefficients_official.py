@@ -14,6 +14,7 @@ import os
 import pickle
 import sys
 import types
+import warnings
 
 import pytest
 import torch
@@ -205,7 +206,8 @@ def test_safe_unpickler_rebuilds_tensors_without_torch_load():
     from adasde.coefficients.official import SafeUnpickler
 
     t = torch.arange(6, dtype=torch.float64).reshape(2, 3)[:, 1:]  # a strided view with a storage offset
-    with pytest.warns(UserWarning):
+    with warnings.catch_warnings():  # TypedStorage deprecation notice (warned once per process)
+        warnings.simplefilter("ignore")
         typed = t.storage()  # a typed storage, as older torch versions pickled them
     for obj, ref in ((t, t), (typed, torch.arange(6.0, dtype=torch.float64)),
                      (torch.nn.Parameter(torch.tensor([1.5, -2.0])), torch.tensor([1.5, -2.0]))):
