@@ -221,12 +221,12 @@ class GaussianMixture:
         ys, ks = [], []
         cdf = torch.cumsum(self._master["weights"], 0)
         for b in range(0, n, _CHUNK):
-            m = min(_CHUNK, n - b)
+            m = min(_CHUNK, n - b)  # full blocks are drawn and cut, so a sample does not depend on n
             g = torch.Generator().manual_seed(int(seed) * 1_000_003 + b // _CHUNK)
-            u = torch.rand(m, generator=g, dtype=torch.float64)
+            u = torch.rand(_CHUNK, generator=g, dtype=torch.float64)[:m]
             k = torch.searchsorted(cdf, u * cdf[-1], right=True).clamp(max=self.K - 1)
-            xi_r = torch.randn(m, self.r, generator=g, dtype=torch.float64)
-            xi_d = torch.randn(m, self.d, generator=g, dtype=torch.float64)
+            xi_r = torch.randn(_CHUNK, self.r, generator=g, dtype=torch.float64)[:m]
+            xi_d = torch.randn(_CHUNK, self.d, generator=g, dtype=torch.float64)[:m]
             M = self._master
             extra = (M["lam"] - M["tau2"][:, None]).clamp(min=0).sqrt()
             y = M["means"][k] + M["tau2"][k].sqrt()[:, None] * xi_d
@@ -241,9 +241,11 @@ class GaussianMixture:
 
     def standard_noise(self, n: int, seed: int = 0) -> torch.Tensor:
         """N(0, I) draws [n, d] float64, block-seeded like :meth:`sample` but from an independent stream."""
-        return torch.cat([torch.randn(min(_CHUNK, n - b), self.d, dtype=torch.float64,
-                                      generator=torch.Generator().manual_seed(int(seed) * 1_000_003 + b // _CHUNK + 7919))
-                          for b in range(0, n, _CHUNK)])
+        blocks = []
+        for b in range(0, n, _CHUNK):
+            g = torch.Generator().manual_seed(int(seed) * 1_000_003 + b // _CHUNK + 7919)
+            blocks.append(torch.randn(_CHUNK, self.d, dtype=torch.float64, generator=g)[: min(_CHUNK, n - b)])
+        return torch.cat(blocks)
 
     def sample_noisy(self, n: int, sigma: float, seed: int = 0, alpha: float = 1.0) -> torch.Tensor:
         """n exact samples of the noisy marginal x = alpha y + sigma n (sigma form: alpha = 1; e.g. x_T at sigma_max),
