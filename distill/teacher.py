@@ -1,0 +1,110 @@
+"""Teacher trajectories for distillation (ALGORITHMS.md sections 3.5 step 2 and 4.4).
+
+The teacher runs on the ``(M + 1)(N - 1) + 1`` point grid of the student's schedule (``samplers.teacher_sigmas``),
+starts from the same noise, has AFS off and keeps its states at every ``(M + 1)``-th point, i.e. at the student grid.
+All teachers use the ODE direction ``d = (x - D(x; sigma)) / sigma``, valid for sigma-form and flow models alike.
+
+* ``dpm2``  (AdaSDE paper): per teacher interval [t_a, t_b] two DPM-Solver-2 midpoint sub-steps over the breakpoints
+  t_a, t_m, t_b with t_m placed by polynomial rho = 7 interpolation; sub-step s = sqrt(t_a t_b),
+  x' = x + (s - t_a) d(x, t_a), x_b = x + (t_b - t_a) d(x', s).  4 NFE per interval.
+* ``heun``  (AMED-Solver): EDM Heun per interval, 2 NFE.
+* ``dpmpp`` DPM-Solver++(2M), data prediction in lambda = -ln sigma, 1 NFE per interval (sigma-form models only).
+* ``euler`` 1 NFE per interval.
+* ``student`` the student's own solver, untrained (AdaSDE with r = 0.5, a = c = 1, gamma = 0 = DPM-Solver-2 midpoint),
+  2 NFE per interval: use with a large M.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+TEACHERS = ("dpm2", "heun", "dpmpp", "euler", "student")
+NFE_PER_INTERVAL = {"dpm2": 4, "heun": 2, "dpmpp": 1, "euler": 1, "student": 2}
+
+
+def _d(model: Callable, x: torch.Tensor, sigma: float, extra: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    den = model(x, x.new_full([x.shape[0]], sigma), **extra)
+    return (x - den) / sigma, den
+
+
+def _poly_mid(ta: float, tb: float, rho: float = 7.0) -> float:
+    """Middle breakpoint of [ta, tb] on a polynomial (Karras) rho schedule."""
+    return (ta ** (1 / rho) + 0.5 * (tb ** (1 / rho) - ta ** (1 / rho))) ** rho
+
+
+def _midpoint(model: Callable, x: torch.Tensor, ta: float, tb: float, extra: dict) -> torch.Tensor:
+    s = math.sqrt(ta * tb)
+    d, _ = _d(model, x, ta, extra)
+    d_mid, _ = _d(model, x + (s - ta) * d, s, extra)
+    return x + (tb - ta) * d_mid
+
+
+def teacher_trajectory(
+    model: Callable,
+    x: torch.Tensor,
+    fine: list[float],
+    M: int,
+    kind: str = "dpm2",
+    extra_args: dict | None = None,
+    flow: bool = False,
+    on_interval: Callable[[int, float, float], None] | None = None,
+) -> list[torch.Tensor]:
+    """States of the teacher at the student grid points 1 .. N-1 (every ``(M + 1)``-th point of ``fine``).
+
+    ``fine``: the teacher grid as floats (no trailing zero); ``on_interval(j, t_a, t_b)`` is called before each
+    teacher interval (used to name the sigma in error messages).  Runs under ``torch.no_grad``.
+    """
+    if kind not in TEACHERS:
+        raise ValueError(f"unknown teacher {kind!r}; choose one of {', '.join(TEACHERS)}")
+    if kind == "dpmpp" and flow:
+        raise ValueError("teacher='dpmpp' is written for sigma-form models; use 'dpm2' or 'heun' for flow models")
+    extra = extra_args or {}
+    states: list[torch.Tensor] = []
+    prev_den: torch.Tensor | None = None
+    prev_h: float | None = None
+    with torch.no_grad():
+        for j in range(len(fine) - 1):
+            ta, tb = fine[j], fine[j + 1]
+            if on_interval is not None:
+                on_interval(j, ta, tb)
+            if kind in ("dpm2", "student"):
+                if kind == "dpm2":
+                    tm = _poly_mid(ta, tb)
+                    x = _midpoint(model, _midpoint(model, x, ta, tm, extra), tm, tb, extra)
+                else:
+                    x = _midpoint(model, x, ta, tb, extra)
+            elif kind == "heun":
+                d, _ = _d(model, x, ta, extra)
+                x_e = x + (tb - ta) * d
+                d2, _ = _d(model, x_e, tb, extra)
+                x = x + (tb - ta) * 0.5 * (d + d2)
+            elif kind == "euler":
+                d, _ = _d(model, x, ta, extra)
+                x = x + (tb - ta) * d
+            else:  # dpmpp (2M), section 5
+                _, den = _d(model, x, ta, extra)
+                h = math.log(ta) - math.log(tb)
+                phi1 = math.expm1(-h)
+                if prev_den is None:
+                    x = (tb / ta) * x - phi1 * den
+                else:
+                    r0 = prev_h / h
+                    d1 = (den - prev_den) / r0
+                    x = (tb / ta) * x - phi1 * den - 0.5 * phi1 * d1
+                prev_den, prev_h = den, h
+            if (j + 1) % (M + 1) == 0:
+                states.append(x)
+    return states
+
+
+def teacher_nfe(kind: str, num_steps: int, M: int) -> int:
+    """Model calls of one teacher trajectory: NFE per interval times (M + 1)(N - 1) intervals."""
+    return NFE_PER_INTERVAL[kind] * (M + 1) * (num_steps - 1)
+
+
+def describe(kind: str) -> dict[str, Any]:
+    return {"teacher": kind, "nfe_per_interval": NFE_PER_INTERVAL[kind]}
