@@ -13,6 +13,7 @@ and reports the imaginary part it discards.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,7 +91,11 @@ def frechet_distance(
         diag["eps"] = eps
     mean_term = float(np.sum((mu1 - mu2) ** 2))
     if method == "sqrtm":
-        covmean, _ = scipy.linalg.sqrtm(s1 @ s2, disp=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            covmean = scipy.linalg.sqrtm(s1 @ s2)
+        if caught:
+            diag["sqrtm_warnings"] = sorted({str(w.message) for w in caught})
         if not np.isfinite(covmean).all():
             raise ValueError("frechet_distance(method='sqrtm'): sqrtm produced non-finite values; use "
                              "method='cholesky' or eps > 0")

@@ -436,16 +436,21 @@ def fd_fmnist_reference(split: str = "test", device: str | torch.device | None =
                         progress: bool = False) -> RefStats:
     """FD-FMNIST reference statistics of the Fashion-MNIST ``train`` or ``test`` split.
 
-    Uses a shipped file ``builtin/stats/fmnist-classifier-<split>.npz`` when present, else computes it once from the
-    dataset (``builtin.data``) and caches it under ``$ADASDE_CACHE`` (default ``~/.cache/adasde``).
+    Uses the shipped file ``builtin/stats/fmnist_<split>.npz`` when present, else computes it once from the dataset
+    (``builtin.data``) and caches it under ``$ADASDE_CACHE`` (default ``~/.cache/adasde``), keyed by the classifier
+    weights' sha256.
     """
     if split not in FMNIST_SPLITS:
         raise ValueError(f"Fashion-MNIST split must be one of {FMNIST_SPLITS}, got {split!r}")
-    name = f"fmnist-classifier-{split}.npz"
-    shipped = Path(__file__).resolve().parent.parent / "builtin" / "stats" / name
-    cached = _cache_dir() / "stats" / name
-    for p in (shipped, cached):
-        if p.is_file():
-            return load_stats(p, feature_net="fmnist-classifier")
+    from ..builtin import classifier as clf
+
+    shipped = Path(clf.STATS_DIR) / f"fmnist_{split}.npz"
+    if shipped.is_file():
+        return load_stats(shipped, feature_net=clf.FEATURE_NET)
+    weights = Path(clf.DEFAULT_CLASSIFIER)
+    tag = sha256_file(weights)[:12] if weights.is_file() else "missing"
+    cached = _cache_dir() / "stats" / f"fmnist-classifier-{tag}-{split}.npz"
+    if cached.is_file():
+        return load_stats(cached, feature_net=clf.FEATURE_NET)
     return compute_reference(f"builtin:fmnist-{split}", cached, net="fmnist", layout="pytorch-fid", batch=500,
                              device=device, progress=progress)

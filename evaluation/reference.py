@@ -55,7 +55,8 @@ class RefStats:
 
     @property
     def n(self) -> int | None:
-        return self.meta.get("num_images")
+        """Number of images the statistics were computed from, if recorded."""
+        return self.meta.get("num_images", self.meta.get("n"))
 
     @classmethod
     def from_running(cls, rs: RunningStats, **meta: Any) -> RefStats:
