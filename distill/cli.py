@@ -1,0 +1,137 @@
+"""``adasde distill``: distil AdaSDE (or AMED) coefficients for a model spec and write a coefficient file.
+
+    adasde distill --model testbed:gmm-error --nfe 5 --out gmm-nfe5.safetensors
+    torchrun --nproc_per_node 2 -m adasde distill --model builtin:fmnist --steps 4 --out fmnist4.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``distill`` sub-command."""
+    p = subparsers.add_parser(
+        "distill",
+        help="distil AdaSDE / AMED coefficients for a model and write a coefficient file",
+        description="Learn per-step AdaSDE coefficients (ALGORITHMS.md section 3.5) or an AMED predictor "
+        "(section 4.4) by matching a many-step teacher, and write a .safetensors coefficient file. "
+        "Under torchrun the batch is split across processes.",
+    )
+    p.add_argument("--model", required=True, help="model spec, e.g. builtin:fmnist, testbed:gmm-error, diffusers:DIR")
+    p.add_argument("--steps", type=int, default=None, help="student grid points N (NFE = 2(N-1) - [AFS])")
+    p.add_argument("--nfe", type=int, default=None, help="target NFE instead of --steps")
+    p.add_argument("--method", choices=("adasde", "amed", "amed_plugin"), default="adasde")
+    p.add_argument("--base", default="ipndm", help="base solver of --method amed_plugin (euler, dpm_2, ipndm, dpmpp)")
+    p.add_argument("--afs", action=argparse.BooleanOptionalAction, default=True, help="analytical first step")
+    p.add_argument("--schedule", default=None, help="time_uniform | polynomial | logsnr | discrete "
+                   "(default: the model's, time_uniform rho 1 for pixel models)")
+    p.add_argument("--rho", type=float, default=None)
+    p.add_argument("--teacher", default=None, help="dpm2 (AdaSDE default) | heun (AMED default) | dpmpp | euler | "
+                   "student")
+    p.add_argument("--M", type=int, default=None, help="teacher points per student interval (AdaSDE 3, AMED 1)")
+    p.add_argument("--K", type=int, default=1, help="parallel points per step (AdaSDE)")
+    p.add_argument("--scale-dir", type=float, default=None, help="s_c (AdaSDE 0.05, AMED 0.01)")
+    p.add_argument("--scale-time", type=float, default=None, help="s_a (AdaSDE 0.2, AMED 0)")
+    p.add_argument("--gamma-max", type=float, default=0.01, help="AdaSDE churn bound (0 = no churn)")
+    p.add_argument("--loss", choices=("l2", "feature", "l2+feature"), default="l2")
+    p.add_argument("--feature-net", default="fmnist", help="differentiable feature net for --loss feature: fmnist")
+    p.add_argument("--alpha", type=float, default=20.0, help="final-step feature-loss weight (x C*H*W, as the paper)")
+    p.add_argument("--lr", type=float, default=None, help="Adam lr (AdaSDE 0.2 cosine, AMED 5e-3 constant)")
+    p.add_argument("--cosine", action=argparse.BooleanOptionalAction, default=None, help="cosine annealing to 0.01")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--trajectories", type=int, default=10_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bptt", action=argparse.BooleanOptionalAction, default=None,
+                   help="back-propagate through the student trajectory (AdaSDE default) or teacher-force (AMED)")
+    p.add_argument("--grad-checkpoint", action="store_true", help="recompute model calls in backward (less memory)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", required=True, help="output coefficient file (.safetensors)")
+    p.add_argument("--checkpoint", default=None, help="training checkpoint (default: OUT.ckpt.safetensors)")
+    p.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint if it exists")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run)
+
+
+class TqdmProgress:
+    """tqdm bar over iterations (rate in trajectories/s, ETA, loss); rank 0 only."""
+
+    def __init__(self, total: int, batch: int, disable: bool = False) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="traj", unit_scale=True, dynamic_ncols=True, disable=disable,
+                        desc="distill")
+        self.batch = batch
+
+    def __call__(self, info: dict[str, Any]) -> None:
+        self.bar.total = info["iterations"] * self.batch
+        self.bar.n = info["trajectories"]
+        self.bar.set_postfix(loss=f"{info['loss']:.4g}", lr=f"{info['lr']:.3g}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..coefficients import save
+    from ..loaders import load_model
+    from . import ddp
+    from .adasde import distill
+    from .features import feature_net_by_name
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.steps is None and args.nfe is None:
+        raise SystemExit("adasde distill: give --steps N (grid points) or --nfe K")
+    ddp.init_from_env(args.device)
+    size, rank = ddp.world()
+    model = load_model(args.model, device=args.device)
+    if isinstance(model, torch.nn.Module):
+        model.requires_grad_(False)  # gradients flow to x and the coefficients only
+    out = Path(args.out)
+    ck = args.checkpoint or str(out.with_name(out.name + ".ckpt.safetensors"))
+    bar = TqdmProgress(args.trajectories, args.batch, disable=args.no_progress or rank != 0)
+    common: dict[str, Any] = dict(
+        num_steps=args.steps, nfe=args.nfe, afs=args.afs, schedule=args.schedule, rho=args.rho, batch=args.batch,
+        trajectories=args.trajectories, seed=args.seed, device=args.device, progress=bar, checkpoint=ck,
+        checkpoint_every=args.checkpoint_every, resume=args.resume, grad_checkpoint=args.grad_checkpoint,
+        name=args.model,
+    )
+    opt = {k: v for k, v in (("teacher", args.teacher), ("M", args.M), ("scale_dir", args.scale_dir),
+                             ("scale_time", args.scale_time), ("lr", args.lr), ("cosine", args.cosine),
+                             ("bptt", args.bptt)) if v is not None}
+    try:
+        if args.method == "adasde":
+            feat = feature_net_by_name(args.feature_net, args.device) if args.loss != "l2" else None
+            coeffs = distill(model, K=args.K, gamma_max=args.gamma_max, loss=args.loss, feature_net=feat,
+                             alpha=args.alpha, **common, **opt)
+        else:
+            from .amed import distill_amed
+
+            if args.loss != "l2":
+                raise SystemExit("adasde distill: AMED trains with the L2 loss only (section 4.4); drop --loss")
+            coeffs = distill_amed(model, plugin=args.base if args.method == "amed_plugin" else None, **common, **opt)
+    finally:
+        bar.close()
+    if rank == 0:
+        save(coeffs, out)
+        summary = {"out": str(out), "kind": coeffs.kind, "nfe": coeffs.nfe, "steps": coeffs.steps,
+                   "seconds": coeffs.training.get("seconds"),
+                   "final_loss": coeffs.training.get("losses", {}).get("final_total"),
+                   "r": [round(v, 4) for v in coeffs.r[:, 0].tolist()],
+                   "a": [round(v, 4) for v in coeffs.a[:, 0].tolist()],
+                   "c": [round(v, 4) for v in coeffs.c[:, 0].tolist()],
+                   "gamma": [float(f"{v:.3g}") for v in coeffs.gamma[:, 0].tolist()]}
+        print(json.dumps(summary), file=sys.stdout)
+    if size > 1:
+        ddp.barrier()
+    return 0
