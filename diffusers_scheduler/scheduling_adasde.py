@@ -1,0 +1,414 @@
+"""``AdaSDEScheduler`` and ``AMEDPluginScheduler``: learned few-step samplers as diffusers schedulers (HOSTS.md D2).
+
+The sampler math is ALGORITHMS.md section 3.2 (AdaSDE) and 4.3 (AMED-Plugin); state lives in sigma form
+(x = x0 + sigma eps, the same state as :func:`adasde.samplers.sample_adasde`, diffusers' ``EulerDiscreteScheduler``).
+Each solver step needs 1 + K network evaluations (the start point at t_hat, then K intermediate points at a_k s_k), so
+- as diffusers' second-order schedulers do - ``timesteps`` lists every evaluation point and :meth:`step` is a small
+state machine: it returns the sample at the next evaluation point, and after the last evaluation of a step the new
+state x_{n+1}, already churned to t_hat_{n+1} = (1 + gamma_{n+1}) t_{n+1} with noise from ``generator`` (or from
+per-sample seeds, :meth:`set_noise_seeds`, bit-identical to ``sample_adasde(..., extra_args={"seed": ...})``).
+With AFS the first evaluation is skipped (its analytical direction moves the model input inside
+:meth:`scale_model_input`), so ``len(timesteps)`` is exactly the NFE.  Coefficients live in the config as float lists
+(``register_to_config``), so ``save_pretrained`` / ``from_pretrained`` round-trip them.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..coefficients.record import Coefficients, ModelIdentity
+from ..loaders.diffusers_loader import Parameterization
+from ..samplers.adasde import resolve_tables
+from ..samplers.common import SeededNoise, afs_direction, churn, sample_seeds
+from ..samplers.schedules import get_sigmas
+
+PREDICTION_TO_DIFFUSERS = {"eps": "epsilon", "v": "v_prediction", "x0": "sample", "flow": "flow_prediction"}
+TABLE_NAMES = ("r", "a", "c", "gamma", "w")
+
+
+@dataclass
+class _Eval:
+    kind: str  # "hat" (start point), "mid" (intermediate point k) or "final" (denoise at sigma_min)
+    n: int
+    k: int
+    sigma: float  # sigma the network sees
+
+
+class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
+    """AdaSDE (NeurIPS 2025) with learned per-step coefficients for diffusers pipelines (module docstring).
+
+    Build it with :meth:`from_coefficients` (a coefficient file or ``Coefficients`` record); without coefficients it
+    runs untrained AdaSDE (= DPM-Solver-2) on ``schedule``.  ``prediction_type``: epsilon, v_prediction, sample or
+    flow_prediction; the beta settings must be those of the pipeline's model.
+    """
+
+    order = 2
+    churn = True  # AdaSDE's learned churn (False for the deterministic AMED-Plugin)
+    _compatibles: list[str] = []
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.00085,
+        beta_end: float = 0.012,
+        beta_schedule: str = "scaled_linear",
+        trained_betas: list[float] | None = None,
+        prediction_type: str = "epsilon",
+        shift: float = 1.0,
+        schedule: str = "discrete",
+        rho: float = 1.0,
+        sigma_min: float | None = None,
+        sigma_max: float | None = None,
+        coeff_sigmas: list[float] | None = None,
+        r: list[list[float]] | None = None,
+        a: list[list[float]] | None = None,
+        c: list[list[float]] | None = None,
+        gamma: list[list[float]] | None = None,
+        w: list[list[float]] | None = None,
+        afs: bool = False,
+        s_noise: float = 1.0,
+        kind: str = "adasde",
+        base: str | None = None,
+        model_family: str | None = None,
+        denoise_final: bool = False,
+    ) -> None:
+        cfg = {"_class_name": "FlowMatch" if prediction_type == "flow_prediction" else type(self).__name__,
+               "num_train_timesteps": num_train_timesteps, "beta_start": beta_start, "beta_end": beta_end,
+               "beta_schedule": beta_schedule, "trained_betas": trained_betas, "prediction_type": prediction_type,
+               "shift": shift}
+        self.param = Parameterization.from_scheduler_config(cfg, f"{type(self).__name__} config")
+        self.coeffs = self._record()
+        self.num_inference_steps: int | None = None
+        self.timesteps = torch.empty(0)
+        self.sigmas = torch.empty(0)
+        self.grid: list[float] = []
+        self._evals: list[_Eval] = []
+        self._step_index: int | None = None
+        self._begin_index: int | None = None
+        self._noise_seeds: list[int] | None = None
+        self._noise: SeededNoise | None = None
+        self._reset_state()
+
+    # ------------------------------------------------------------------------------------------- coefficients
+    def _record(self) -> Coefficients | None:
+        cfg = self.config
+        if cfg.r is None:
+            return None
+        if cfg.coeff_sigmas is None:
+            raise ValueError(f"{type(self).__name__}: coefficient tables given without coeff_sigmas (their grid)")
+        t = {k: torch.tensor(getattr(cfg, k) if getattr(cfg, k) is not None else _default(k, cfg.r),
+                             dtype=torch.float64) for k in TABLE_NAMES}
+        steps = len(cfg.coeff_sigmas) - 1
+        for k, v in t.items():
+            if v.ndim != 2 or v.shape[0] != steps:
+                raise ValueError(f"{type(self).__name__}: coefficient table {k!r} has shape {tuple(v.shape)}, "
+                                 f"expected [{steps}, K] for a {steps + 1}-point grid")
+        return Coefficients(**t, sigmas=torch.tensor(cfg.coeff_sigmas, dtype=torch.float64), afs=bool(cfg.afs),
+                            schedule=cfg.schedule, rho=float(cfg.rho), kind=cfg.kind, base=cfg.base,
+                            model=ModelIdentity(family=cfg.model_family or "unknown"))
+
+    @classmethod
+    def from_coefficients(cls, source: str | os.PathLike | Coefficients, base_config: Any = None,
+                          **overrides: Any) -> AdaSDEScheduler:
+        """Scheduler from a coefficient file or record.  ``base_config``: the pipeline's scheduler config (its beta
+        schedule and prediction type are kept), e.g. ``AdaSDEScheduler.from_coefficients(f, pipe.scheduler.config)``.
+        """
+        if isinstance(source, Coefficients):
+            co = source
+        else:
+            from ..coefficients import load
+
+            co = load(source)
+        cls._check_kind(co)
+        kw: dict[str, Any] = {}
+        if base_config is not None:
+            for key in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                        "prediction_type", "shift"):
+                if key in base_config and base_config[key] is not None:
+                    kw[key] = base_config[key]
+        pred = PREDICTION_TO_DIFFUSERS.get(co.model.prediction)
+        if pred is not None:
+            if "prediction_type" in kw and kw["prediction_type"] != pred:
+                warnings.warn(f"coefficients were trained for prediction {co.model.prediction!r} but the pipeline "
+                              f"scheduler says {kw['prediction_type']!r}; keeping the pipeline's", stacklevel=2)
+            kw.setdefault("prediction_type", pred)
+        sig = co.sigmas.flatten().to(torch.float64)
+        kw.update(coeff_sigmas=sig.tolist(), afs=bool(co.afs), schedule=co.schedule, rho=float(co.rho),
+                  kind=co.kind, base=co.base, model_family=co.model.family,
+                  sigma_min=float(sig[-1]), sigma_max=float(sig[0]),
+                  **{k: getattr(co, k).to(torch.float64).tolist() for k in TABLE_NAMES})
+        kw.update(overrides)
+        return cls(**kw)
+
+    @classmethod
+    def _check_kind(cls, co: Coefficients) -> None:
+        if co.kind == "amed_plugin":
+            raise ValueError(f"{co.source or 'coefficients'}: kind 'amed_plugin' (base {co.base}); use "
+                             "AMEDPluginScheduler.from_coefficients")
+        if co.kind == "amed" and co.predictor is not None:
+            warnings.warn("AMED coefficients: a diffusers scheduler has no bottleneck features, so the per-sample "
+                          "predictor is replaced by its constant tables (as the authors' diffusers demo does)",
+                          stacklevel=3)
+
+    # ------------------------------------------------------------------------------------------- diffusers API
+    @property
+    def init_noise_sigma(self) -> float:
+        """x_T = sigma_max z: the pipeline multiplies unit noise by this."""
+        if self.grid:
+            return float(self.grid[0])
+        return float(self.config.sigma_max or self.param.sigma_max)
+
+    @property
+    def step_index(self) -> int | None:
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        self._begin_index = begin_index
+
+    def set_noise_seeds(self, seeds: int | list[int] | torch.Tensor | None) -> None:
+        """Per-sample churn noise: sample i of the batch uses its own generator (int s -> s, s+1, ...), exactly as
+        ``sample_adasde`` with ``extra_args={"seed": seeds}``; None: use the ``generator`` passed to :meth:`step`."""
+        self._noise_seeds = None if seeds is None else seeds
+        self._noise = None
+
+    def __len__(self) -> int:
+        return int(self.config.num_train_timesteps)
+
+    def _grid(self, num_inference_steps: int | None) -> list[float]:
+        cfg = self.config
+        if self.coeffs is not None and num_inference_steps in (None, self.coeffs.steps):
+            return [float(v) for v in self.coeffs.sigmas.tolist()]
+        if num_inference_steps is None:
+            raise ValueError(f"{type(self).__name__}: num_inference_steps is needed when no coefficients are loaded")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        ms = None if self.param.table is None else self.param.table.sigmas
+        smin = cfg.sigma_min if cfg.sigma_min is not None else self.param.sigma_min
+        smax = cfg.sigma_max if cfg.sigma_max is not None else self.param.sigma_max
+        kind = cfg.schedule if (cfg.schedule != "discrete" or ms is not None) else "time_uniform"
+        g = get_sigmas(kind, num_inference_steps + 1, smin, smax, rho=cfg.rho, model_sigmas=ms, dtype=torch.float64)
+        return [float(v) for v in g.tolist()]
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
+                      **kwargs: Any) -> None:
+        """Evaluation points of the trained grid (``num_inference_steps`` None or equal to the trained step count),
+        else of ``schedule`` with ``num_inference_steps`` steps and untrained tables (with a warning, as
+        ``resolve_tables``).  ``timesteps`` holds one (continuous) network timestep per model call."""
+        if kwargs.get("timesteps") is not None or kwargs.get("sigmas") is not None:
+            raise ValueError(f"{type(self).__name__} computes its own grid; custom timesteps/sigmas are not supported")
+        self.grid = self._grid(num_inference_steps)
+        self.num_inference_steps = len(self.grid) - 1
+        self.tables = resolve_tables(self.coeffs, self.grid, afs=None)
+        if self.coeffs is None and self.config.afs:
+            self.tables.afs = True
+        self._build_evals()
+        sig = torch.tensor([e.sigma for e in self._evals], dtype=torch.float64)
+        self.sigmas = sig.to(device=device, dtype=torch.float32)
+        self.timesteps = self.param.timestep(sig).to(device=device, dtype=torch.float32)
+        self._step_index = None
+        self._begin_index = None
+        self._noise = None
+        self._reset_state()
+
+    def _build_evals(self) -> None:
+        """t_hat_n, s_{n,k} (ALGORITHMS.md section 3.2 steps 2 and 4) in float32 like the functional sampler."""
+        tb = {k: getattr(self.tables, k).to(torch.float32) for k in TABLE_NAMES}
+        self.t_hat: list[Any] = []
+        self.s_mid: list[list[Any]] = []
+        self._evals = []
+        self.draws: list[bool] = []
+        for n in range(len(self.grid) - 1):
+            sigma, nxt = self.grid[n], self.grid[n + 1]
+            gbar = (tb["w"][n] * tb["gamma"][n]).sum(-1) if n > 0 else None
+            draw = n > 0 and self.tables.trained and self.churn
+            t_hat = sigma * (1 + gbar) if draw else sigma
+            if draw and self.param.kind == "flow":
+                t_hat = torch.clamp(t_hat, max=1.0)
+            self.draws.append(draw)
+            self.t_hat.append(t_hat)
+            if not (self.tables.afs and n == 0):
+                self._evals.append(_Eval("hat", n, -1, float(t_hat)))
+            mids = []
+            for k in range(self.tables.K):
+                r_k, a_k = tb["r"][n, k], tb["a"][n, k]
+                s_k = nxt**r_k * t_hat ** (1 - r_k)
+                mids.append(s_k)
+                self._evals.append(_Eval("mid", n, k, float(a_k * s_k)))
+            self.s_mid.append(mids)
+        if self.config.denoise_final:
+            self._evals.append(_Eval("final", len(self.grid) - 1, -1, self.grid[-1]))
+        self._tb = tb
+
+    def _reset_state(self) -> None:
+        self._x_hat: torch.Tensor | None = None
+        self._d_hat: torch.Tensor | None = None
+        self._acc: Any = None
+
+    def _init_step_index(self, timestep: Any) -> None:
+        if self._begin_index is not None:
+            self._step_index = self._begin_index
+            return
+        t = torch.as_tensor(timestep, dtype=torch.float32).to(self.timesteps.device).flatten()[:1]
+        hits = (self.timesteps - t).abs() <= 1e-4 * (1 + t.abs())
+        idx = hits.nonzero().flatten()
+        self._step_index = int(idx[0]) if idx.numel() else 0
+
+    def _current(self) -> _Eval:
+        if not self._evals:
+            raise RuntimeError(f"{type(self).__name__}: call set_timesteps() before scale_model_input()/step()")
+        if self._step_index is None or self._step_index >= len(self._evals):
+            raise RuntimeError(f"{type(self).__name__}: step() called more often than there are timesteps "
+                               f"({len(self._evals)}); call set_timesteps() again for a new image")
+        return self._evals[self._step_index]
+
+    def _afs_first(self, e: _Eval) -> bool:
+        return e.kind == "mid" and e.n == 0 and e.k == 0 and self.tables.afs
+
+    def _afs_point(self, sample: torch.Tensor) -> torch.Tensor:
+        """The first model input under AFS: x_0 + (s_0 - t_0) x_0 / sqrt(1 + t_0^2) (section 3.2 step 3)."""
+        t0 = self.t_hat[0]
+        return sample + (self.s_mid[0][0] - t0) * afs_direction(sample, t0, flow=self.param.kind == "flow")
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
+        """Network input c_in(sigma) x at the current evaluation point."""
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        e = self._current()
+        x = sample.float()
+        if self._afs_first(e):
+            x = self._afs_point(x)
+        c = self.param.c_in(torch.tensor([e.sigma], dtype=torch.float64)).item()
+        return (x * c).to(sample.dtype)
+
+    def _denoised(self, model_output: torch.Tensor, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        s = torch.full((x.shape[0],), sigma, dtype=torch.float32, device=x.device)
+        return self.param.denoised(model_output.float(), x, s)
+
+    def _draw(self, x: torch.Tensor, generator: Any) -> torch.Tensor:
+        if self._noise_seeds is not None:
+            if self._noise is None:
+                self._noise = SeededNoise(x, sample_seeds(self._noise_seeds, x.shape[0]))
+            return self._noise()
+        return randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+    def _combine(self, n: int) -> torch.Tensor:
+        """x_{n+1} = x_hat + (t_{n+1} - t_hat) sum_k w_k c_k d_k (section 3.2 step 5)."""
+        return self._x_hat + (self.grid[n + 1] - self.t_hat[n]) * self._acc
+
+    def _accumulate(self, n: int, k: int, d_k: torch.Tensor) -> None:
+        wc = self._tb["w"][n, k] * self._tb["c"][n, k]
+        self._acc = wc * d_k if self._acc is None else self._acc + wc * d_k
+
+    def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor,
+             generator: torch.Generator | list[torch.Generator] | None = None,
+             return_dict: bool = True, **kwargs: Any) -> SchedulerOutput | tuple[torch.Tensor]:
+        """Consume one network output; return the sample at the next evaluation point (or x_{n+1}, churned)."""
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        e = self._current()
+        x = sample.float()
+        flow = self.param.kind == "flow"
+        if e.kind == "final":
+            prev = self._denoised(model_output, x, e.sigma)
+        elif e.kind == "hat":
+            t_hat = self.t_hat[e.n]
+            self._x_hat = x
+            self._d_hat = (x - self._denoised(model_output, x, e.sigma)) / t_hat
+            self._acc = None
+            prev = x + (self.s_mid[e.n][0] - t_hat) * self._d_hat
+        else:
+            n, k = e.n, e.k
+            if self._afs_first(e):
+                self._x_hat = x
+                self._d_hat = afs_direction(x, self.t_hat[0], flow=flow)
+                self._acc = None
+                x = self._afs_point(x)
+            s_k = self.s_mid[n][k]
+            self._accumulate(n, k, (x - self._denoised(model_output, x, e.sigma)) / s_k)
+            if k + 1 < len(self.s_mid[n]):
+                prev = self._x_hat + (self.s_mid[n][k + 1] - self.t_hat[n]) * self._d_hat
+            else:
+                prev = self._combine(n)
+                if n + 1 < len(self.grid) - 1 and self.draws[n + 1]:
+                    eps = self._draw(prev, generator)
+                    prev = churn(prev, self.grid[n + 1], self.t_hat[n + 1], eps, flow=flow,
+                                 s_noise=float(self.config.s_noise))
+        self._step_index += 1
+        prev = prev.to(model_output.dtype)
+        if not return_dict:
+            return (prev,)
+        return SchedulerOutput(prev_sample=prev)
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """x = x0 + sigma(t) noise for network timesteps ``t`` (img2img start points)."""
+        t = torch.as_tensor(timesteps, device="cpu").flatten().to(torch.float64)
+        if self.param.kind == "vp":
+            sig = self.param.table.t_to_sigma(t)
+        elif self.param.kind == "flow":
+            sig = t / self.param.num_train_timesteps
+        else:
+            sig = (4 * (t / 1000 if self.param.cm_noise else t)).exp()
+        sig = sig.to(original_samples.device, torch.float32).view(-1, *([1] * (original_samples.ndim - 1)))
+        if self.param.kind == "flow":
+            return ((1 - sig) * original_samples.float() + sig * noise.float()).to(original_samples.dtype)
+        return (original_samples.float() + sig * noise.float()).to(original_samples.dtype)
+
+
+def _default(name: str, r: list[list[float]]) -> list[list[float]]:
+    K = len(r[0]) if r else 1
+    v = {"a": 1.0, "c": 1.0, "gamma": 0.0, "w": 1.0 / K}[name]
+    return [[v] * K for _ in r]
+
+
+class AMEDPluginScheduler(AdaSDEScheduler):
+    """AMED-Plugin (CVPR 2024, ALGORITHMS.md section 4.3) with constant per-step r, a, c on a base solver.
+
+    ``base="euler"``: x_s = x_n + (s - t_n) d_n, x_{n+1} = x_s + c (t_{n+1} - s) d_s;
+    ``base="dpm_2"``: x_{n+1} = x_n + c (t_{n+1} - t_n) [(1/2r) d_s + (1 - 1/2r) d_n]
+    (d_s evaluated at network sigma a s).  No churn; one inserted point per interval (K = 1).
+    """
+
+    BASES = ("euler", "dpm_2")
+    churn = False
+
+    @classmethod
+    def _check_kind(cls, co: Coefficients) -> None:
+        if co.kind != "amed_plugin":
+            raise ValueError(f"{co.source or 'coefficients'}: kind {co.kind!r}; AMEDPluginScheduler needs "
+                             "'amed_plugin' coefficients (use AdaSDEScheduler)")
+        if co.base not in cls.BASES:
+            raise ValueError(f"{co.source or 'coefficients'}: AMED-Plugin base {co.base!r} is not available as a "
+                             f"diffusers scheduler (supported: {', '.join(cls.BASES)}); multistep bases (ipndm, "
+                             "dpmpp) run through adasde.samplers instead")
+        if co.K != 1:
+            raise ValueError(f"AMED-Plugin uses one inserted point per interval, the coefficients have K={co.K}")
+
+    def _build_evals(self) -> None:
+        base = self.config.base or "euler"
+        if base not in self.BASES:
+            raise ValueError(f"AMEDPluginScheduler: base {base!r} not supported ({', '.join(self.BASES)})")
+        super()._build_evals()
+
+    def _accumulate(self, n: int, k: int, d_k: torch.Tensor) -> None:
+        self._acc = d_k
+
+    def _combine(self, n: int) -> torch.Tensor:
+        t_n, nxt, s = self.t_hat[n], self.grid[n + 1], self.s_mid[n][0]
+        r, c = self._tb["r"][n, 0], self._tb["c"][n, 0]
+        if (self.config.base or "euler") == "euler":
+            x_s = self._x_hat + (s - t_n) * self._d_hat
+            return x_s + c * (nxt - s) * self._acc
+        return self._x_hat + c * (nxt - t_n) * (self._acc / (2 * r) + (1 - 1 / (2 * r)) * self._d_hat)
