@@ -66,7 +66,7 @@ def decode_image(data: bytes, name: str) -> torch.Tensor:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"{name}: cannot decode image ({type(exc).__name__}: {exc}); delete or replace the file, "
                              "or pass on_error='skip' (--on-error skip) to ignore it") from exc
-    return torch.from_numpy(np.ascontiguousarray(arr))
+    return torch.from_numpy(np.array(arr, dtype=np.uint8, copy=True))
 
 
 def iter_images(

@@ -10,6 +10,7 @@ passes per-sample seeds to the sampler, so the images do not depend on the batch
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.metadata
 import json
 import logging
 import os
@@ -89,11 +90,9 @@ def versions() -> dict[str, str]:
 
     v = {"adasde": __version__, "torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
          "python": platform.python_version()}
-    try:
-        import torch_fidelity
-
-        v["torch_fidelity"] = torch_fidelity.__version__
-    except ImportError:
+    try:  # metadata only: importing torch_fidelity pulls in torchvision (seconds)
+        v["torch_fidelity"] = importlib.metadata.version("torch-fidelity")
+    except importlib.metadata.PackageNotFoundError:
         pass
     return v
 
@@ -242,6 +241,8 @@ def score_images(
     ref_stats = load_stats(ref) if ref_is_stats else None
     if net is None:
         net = (ref_stats.feature_net if ref_stats is not None else None) or "inception"
+    if ref_stats is not None:  # refuse a mismatch before loading a (possibly large) network
+        check_feature_net(ref_stats, _net_name(net))
     fnet = load_feature_net(net, device=device, weights=weights, allow_download=allow_download)
     if ref_stats is not None:
         check_feature_net(ref_stats, fnet.name, dim=fnet.dim)
@@ -368,6 +369,7 @@ def sample_and_score(
     dev = torch.device(device) if device is not None else (
         torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu"))
     net = net or ref_stats.feature_net or "inception"
+    check_feature_net(ref_stats, _net_name(net))
     fnet = load_feature_net(net, device=dev, weights=weights, allow_download=allow_download)
     check_feature_net(ref_stats, fnet.name, dim=fnet.dim)
     den = load_model(model, device=dev, **(model_kwargs or {}))
