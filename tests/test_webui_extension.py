@@ -1,0 +1,245 @@
+"""The A1111 / Forge extension (``scripts/adasde.py``, ``webui/``) against a WebUI STAND-IN.
+
+Neither WebUI can be installed here, so these tests run the real script against ``tests/webui_standin/modules``, a
+minimal STAND-IN (not WebUI code) that reproduces the documented registry contract of A1111 1.10 and Forge
+(HOSTS.md section C; see tests/webui_standin/README.md).  The "U-Net" is an exact Gaussian-mixture denoiser, so the
+samples are real.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+import types
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from adasde.coefficients import Coefficients, ModelIdentity, load, save
+from adasde.samplers import CoefficientMismatchWarning, get_sigmas, sample_adasde
+
+ROOT = Path(__file__).resolve().parent.parent
+STANDIN = Path(__file__).resolve().parent / "webui_standin"
+SCRIPT = ROOT / "scripts" / "adasde.py"
+
+
+@pytest.fixture(params=["a1111", "forge"])
+def host(request, tmp_path, monkeypatch):
+    """The stand-in ``modules`` package configured as A1111 1.10 or Forge, with ``models/`` under tmp_path."""
+    monkeypatch.syspath_prepend(str(STANDIN))
+    monkeypatch.delenv("ADASDE_COEFFICIENTS", raising=False)
+    saved = {k: v for k, v in sys.modules.items() if k == "modules" or k.startswith("modules.")}
+    for k in saved:
+        del sys.modules[k]
+    import modules.standin as st
+
+    st.configure(request.param, models_path=str(tmp_path / "models"))
+    ns = types.SimpleNamespace(kind=request.param, models=tmp_path / "models", family=(
+        "sd15" if request.param == "a1111" else "sdxl"))
+    yield ns
+    from adasde.webui import core
+
+    core.set_generation(None)
+    for k in [k for k in sys.modules if k == "modules" or k.startswith("modules.")]:
+        del sys.modules[k]
+    sys.modules.update(saved)
+
+
+def load_script():
+    """Execute scripts/adasde.py the way the WebUI does (a loose module named after the file)."""
+    spec = importlib.util.spec_from_file_location("adasde.py", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def trained(family: str, steps: int = 3) -> Coefficients:
+    from modules.standin import sd15_sigmas
+
+    sig = get_sigmas("discrete", steps + 1, model_sigmas=sd15_sigmas(), dtype=torch.float64)
+    full = lambda v: torch.full((steps, 1), v)  # noqa: E731
+    return Coefficients(r=torch.tensor([[0.2], [0.45], [0.15]]), a=torch.tensor([[0.85], [1.02], [0.9]]),
+                        c=full(1.01), gamma=full(0.05), w=full(1.0), sigmas=sig, schedule="discrete", afs=True,
+                        model=ModelIdentity(family=family, prediction="eps", sigma_min=0.0292, sigma_max=14.61))
+
+
+def run(p, mod):
+    from modules.processing import process_images
+
+    return process_images(p, [mod.Script()])
+
+
+def direct(p, sampler_name, sigmas, coeffs):
+    """What sample_adasde gives when called by hand with the host's model, noise sampler and arguments."""
+    from modules import sd_samplers
+
+    s = sd_samplers.create_sampler(sampler_name, p.sd_model)
+    s.initialize(p)
+    x = p.initial_noise() * sigmas[0]
+    cond, uncond = p.conds()
+    extra = {"cond": cond, "image_cond": None, "uncond": uncond, "cond_scale": p.cfg_scale, "s_min_uncond": 0.0}
+    return sample_adasde(s.model_wrap_cfg, x, sigmas, extra_args=extra, coeffs=coeffs,
+                         noise_sampler=s.create_noise_sampler(x, sigmas, p))
+
+
+def test_registers_once(host):
+    from modules import sd_samplers, sd_schedulers
+
+    load_script()
+    load_script()  # WebUI "reload UI" imports the script again
+    names = [s.name for s in sd_samplers.all_samplers]
+    assert names.count("AdaSDE") == 1 and names.count("AMED") == 1 and "Euler" in names
+    assert set(sd_samplers.all_samplers_map) == set(names)
+    assert sd_samplers.samplers_map["adasde"] == "AdaSDE" and sd_samplers.samplers_map["amed"] == "AMED"
+    assert "AdaSDE" in sd_samplers.visible_sampler_names()
+    cfg = sd_samplers.all_samplers_map["AdaSDE"]
+    assert cfg.options["brownian_noise"] is True and cfg.options["scheduler"] == "adasde"
+    assert [s.name for s in sd_schedulers.schedulers].count("adasde") == 1
+    assert sd_schedulers.schedulers_map["AdaSDE"] is sd_schedulers.schedulers_map["adasde"]
+    if host.kind == "forge":
+        assert sd_samplers.add_sampler_calls == 4  # registered through Forge's add_sampler
+    else:
+        assert not hasattr(sd_samplers, "add_sampler")
+
+
+def test_generation_matches_direct_call(host):
+    from modules.processing import StableDiffusionProcessing
+
+    coeffs = trained(host.family)
+    path = save(coeffs, host.models / "adasde" / f"{host.family}_nfe5.safetensors")
+    mod = load_script()
+    p = StableDiffusionProcessing(steps=3, script_args=("(Settings)",))
+    samples, info, sampler = run(p, mod)
+    kw = sampler.last_kwargs
+    assert set(kw) == {"sigmas", "n", "sigma_min", "sigma_max", "noise_sampler"}  # what the WebUI passes
+    assert torch.allclose(kw["sigmas"], coeffs.sigmas.float())  # AdaSDE scheduler: the trained grid, no 0
+    assert kw["n"] == 3 and kw["noise_sampler"].calls  # churn noise came from the host's seeded sampler
+    assert f"AdaSDE coefficients: {path.name}" in info and "AdaSDE NFE: 5" in info and "Schedule type: AdaSDE" in info
+    assert sampler.callback_steps == [0, 1, 2]
+    ref = direct(StableDiffusionProcessing(steps=3), "AdaSDE", kw["sigmas"], load(path))
+    assert torch.allclose(samples, ref, atol=1e-6, rtol=0)
+    assert samples.isfinite().all() and not torch.allclose(samples, p.initial_noise() * 14.61)
+    # same seed, same sample, whatever the batch
+    alone, _, _ = run(StableDiffusionProcessing(steps=3, seeds=[12], script_args=("(Settings)",)), mod)
+    assert torch.allclose(alone[0], samples[1], atol=1e-6)
+
+
+def test_other_scheduler_falls_back_to_untrained(host):
+    from modules.processing import StableDiffusionProcessing
+
+    save(trained(host.family), host.models / "adasde" / "c.safetensors")
+    mod = load_script()
+    # Karras with 4 steps: 4 positive points + 0, so the 3-step file is found but its grid does not match
+    p = StableDiffusionProcessing(steps=4, scheduler="Karras", script_args=("auto",))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        samples, info, sampler = run(p, mod)
+    assert any(issubclass(w.category, CoefficientMismatchWarning) for w in rec)
+    assert "AdaSDE coefficients: untrained" in info and "AdaSDE NFE: 7" in info  # 3 steps x 2 calls + final 0
+    ref = direct(StableDiffusionProcessing(steps=4), "AdaSDE", sampler.last_kwargs["sigmas"], None)
+    assert torch.allclose(samples, ref, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("case", ["missing", "broken"])
+def test_bad_coefficient_file_logs_and_falls_back(host, case, caplog):
+    from modules import shared
+    from modules.processing import StableDiffusionProcessing
+
+    mod = load_script()
+    if case == "broken":
+        (host.models / "adasde").mkdir(parents=True)
+        (host.models / "adasde" / "broken.safetensors").write_bytes(b"\x00" * 12)
+        shared.opts.adasde_coefficients = "broken.safetensors"  # chosen in Settings
+        args = ("(Settings)",)
+    else:
+        args = ("gone.safetensors",)  # chosen per generation
+    p = StableDiffusionProcessing(steps=3, script_args=args)
+    with caplog.at_level(logging.WARNING, logger="adasde"):
+        samples, info, sampler = run(p, mod)
+    text = caplog.text
+    if case == "broken":
+        assert "broken.safetensors" in text and "not a safetensors file" in text
+    else:
+        assert "gone.safetensors" in text and "not found" in text
+    assert "untrained AdaSDE" in text and "AdaSDE coefficients: untrained" in info
+    sig = sampler.last_kwargs["sigmas"]
+    assert len(sig) == 4 and sig[-1] > 0  # fallback grid of the AdaSDE scheduler: discrete, rho 1, 3 steps
+    ref = direct(StableDiffusionProcessing(steps=3), "AdaSDE", sig, None)
+    assert torch.allclose(samples, ref, atol=1e-6, rtol=0)
+
+
+def _hooks_clean(sd_model, original_unet):
+    if hasattr(sd_model, "forge_objects"):
+        unet = sd_model.forge_objects.unet
+        return unet is original_unet and not unet.model_options["transformer_options"].get("block_modifiers")
+    return len(sd_model.model.diffusion_model.middle_block._forward_hooks) == 0
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_amed_bottleneck_hook_removed(host, monkeypatch, fail):
+    from adasde.webui import core
+    from modules import shared
+    from modules.processing import StableDiffusionProcessing
+
+    c = trained(host.family)
+    c.kind, c.gamma = "amed", torch.zeros(3, 1)
+    c.predictor = {"head.weight": torch.zeros(1, 20)}
+    save(c, host.models / "adasde" / "amed.safetensors")
+    seen = []
+
+    def amed_standin(model, x, sigmas, extra_args=None, callback=None, disable=None, coeffs=None,
+                     noise_sampler=None):
+        """Uses the bottleneck like AMED (section 4.1) until samplers.sample_amed exists."""
+        out = model(x, sigmas[0] * x.new_ones(x.shape[0]), **extra_args)
+        seen.append(model.bottleneck())
+        if fail:
+            raise RuntimeError("sampling failed")
+        return out
+
+    monkeypatch.setattr(core, "_amed_function", lambda: amed_standin)
+    mod = load_script()
+    original = getattr(getattr(shared.sd_model, "forge_objects", None), "unet", None)
+    p = StableDiffusionProcessing(steps=3, sampler_name="AMED", seeds=[1, 2, 3], script_args=("auto",))
+    if fail:
+        with pytest.raises(RuntimeError, match="sampling failed"):
+            run(p, mod)
+    else:
+        run(p, mod)
+    assert seen and seen[0].shape == (3, 4, 2, 2)  # conditional rows of the middle block ([cond; uncond] batch)
+    assert _hooks_clean(shared.sd_model, original)
+
+
+def test_load_package_under_another_name():
+    """The fallback path of the script: the extension folder loaded as a package when ``adasde`` is not importable."""
+    src = SCRIPT.read_text()
+    code = compile(src.split("\nwebui = ")[0], str(SCRIPT), "exec")
+    ns: dict = {"__file__": str(SCRIPT), "__name__": "adasde_script_probe"}
+    fake = types.ModuleType("modules")
+    fake.script_callbacks = fake.scripts = fake.shared = None
+    sys.modules.setdefault("modules", fake)
+    try:
+        exec(code, ns)  # noqa: S102 - our own file
+        pkg = ns["load_package"](ROOT, name="adasde_copy_for_test")
+        assert pkg.__name__ == "adasde_copy_for_test"
+        samplers = importlib.import_module("adasde_copy_for_test.samplers")  # relative imports resolve in the copy
+        assert callable(samplers.sample_adasde) and samplers is not importlib.import_module("adasde.samplers")
+        assert ns["load_package"](ROOT, name="adasde").__file__ == sys.modules["adasde"].__file__  # importable: reused
+    finally:
+        if sys.modules.get("modules") is fake:
+            del sys.modules["modules"]
+        for k in [k for k in sys.modules if k.startswith("adasde_copy_for_test")]:
+            del sys.modules[k]
+
+
+def test_install_py_installs_only_missing(monkeypatch):
+    calls = []
+    launch = types.ModuleType("launch")
+    launch.is_installed = lambda name: name != "scipy"
+    launch.run_pip = lambda cmd, desc: calls.append(cmd)
+    monkeypatch.setitem(sys.modules, "launch", launch)
+    exec(compile((ROOT / "install.py").read_text(), "install.py", "exec"), {"__name__": "install"})  # noqa: S102
+    assert calls == ['install "scipy>=1.10"']
+    assert "torch" not in (ROOT / "install.py").read_text().split('"""')[-1]

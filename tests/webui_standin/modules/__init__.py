@@ -1,0 +1,1 @@
+"""STAND-IN for the WebUI ``modules`` package (tests only; see ../README.md)."""

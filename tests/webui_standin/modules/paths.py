@@ -1,0 +1,3 @@
+"""STAND-IN: ``modules.paths`` (only ``models_path``)."""
+
+models_path = ""
