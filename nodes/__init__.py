@@ -1,1 +1,29 @@
-"""(being built)"""
+"""ComfyUI node pack (V3).  Imported only inside ComfyUI, lazily, by the root ``comfy_entrypoint``.
+
+Importing this package registers the ``adasde`` / ``amed`` samplers, the ``adasde`` scheduler and the
+``adasde_coefficients`` folder (idempotent; repeated in ``on_load``).
+"""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from . import host
+
+host.register()
+
+
+class AdaSDEExtension(ComfyExtension):
+    async def on_load(self) -> None:
+        host.register()
+
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        from .distill_node import DistillAdaSDE
+        from .fid import FIDEvaluate, SaveFIDReferenceStats
+        from .sampling import AdaSDESampler, AdaSDESigmas, AMEDSampler
+
+        return [AdaSDESampler, AdaSDESigmas, AMEDSampler, DistillAdaSDE, FIDEvaluate, SaveFIDReferenceStats]
+
+
+async def comfy_entrypoint() -> AdaSDEExtension:
+    return AdaSDEExtension()

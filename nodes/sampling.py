@@ -1,0 +1,115 @@
+"""V3 nodes: ``AdaSDE Sampler``, ``AMED Sampler`` (SAMPLER) and ``AdaSDE Sigmas`` (SIGMAS).
+
+Thin wrappers: the samplers are ``comfy.samplers.KSAMPLER(host.comfy_sample_*, options)``; coefficient lookup,
+bottleneck capture and per-image seeds live in :mod:`.host`, the mathematics in the library (``samplers/``).
+"""
+
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from . import host
+
+CATEGORY = "sampling/adasde"
+
+
+def _coeff_combo(tooltip: str) -> io.Combo.Input:
+    return io.Combo.Input("coefficients", options=[host.AUTO, host.UNTRAINED, *host.coefficient_files()],
+                          default=host.AUTO, tooltip=tooltip)
+
+
+def _afs(value: str) -> bool | None:
+    return {"auto": None, "on": True, "off": False}[value]
+
+
+class AdaSDESampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="AdaSDESampler",
+            display_name="AdaSDE Sampler",
+            category=CATEGORY,
+            description="AdaSDE (NeurIPS 2025) few-step SDE sampler with learned per-step coefficients. Use with "
+                        "'AdaSDE Sigmas' (or the 'adasde' scheduler) so the grid matches the coefficients.",
+            inputs=[
+                _coeff_combo("'auto' picks a file for the model's family, prediction type and sigma grid; "
+                             "'untrained' = AdaSDE with r=0.5, a=c=1, gamma=0 (DPM-Solver-2)."),
+                io.Combo.Input("afs", options=["auto", "on", "off"], default="auto",
+                               tooltip="Analytical first step (saves one model call); 'auto' = as trained."),
+                io.Float.Input("s_noise", default=1.0, min=0.0, max=2.0, step=0.01,
+                               tooltip="Scale of the churn noise (1 = as trained, 0 = deterministic)."),
+            ],
+            outputs=[io.Sampler.Output()],
+        )
+
+    @classmethod
+    def execute(cls, coefficients: str, afs: str, s_noise: float) -> io.NodeOutput:
+        import comfy.samplers
+
+        opts = {"coeffs": coefficients, "afs": _afs(afs), "s_noise": float(s_noise)}
+        if coefficients not in (host.AUTO, host.UNTRAINED):
+            opts["coeffs"] = host.load_coefficients(host.coefficient_path(coefficients))
+        return io.NodeOutput(comfy.samplers.KSAMPLER(host.comfy_sample_adasde, extra_options=opts))
+
+
+class AMEDSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="AMEDSampler",
+            display_name="AMED Sampler",
+            category=CATEGORY,
+            description="AMED-Solver (CVPR 2024): learned mean-direction steps; the predictor reads the UNet "
+                        "bottleneck (SD1.x/SDXL) through an output-block patch on a copy of the model options.",
+            inputs=[
+                _coeff_combo("AMED coefficient file; 'auto' picks one for the model and sigma grid."),
+                io.Combo.Input("afs", options=["auto", "on", "off"], default="auto"),
+            ],
+            outputs=[io.Sampler.Output()],
+        )
+
+    @classmethod
+    def execute(cls, coefficients: str, afs: str) -> io.NodeOutput:
+        import comfy.samplers
+
+        opts = {"coeffs": coefficients, "afs": _afs(afs)}
+        if coefficients not in (host.AUTO, host.UNTRAINED):
+            opts["coeffs"] = host.load_coefficients(host.coefficient_path(coefficients))
+        return io.NodeOutput(comfy.samplers.KSAMPLER(host.comfy_sample_amed, extra_options=opts))
+
+
+class AdaSDESigmas(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="AdaSDESigmas",
+            display_name="AdaSDE Sigmas",
+            category=CATEGORY,
+            description="The sigma grid a coefficient file was trained on (with ComfyUI's trailing 0), or AdaSDE's "
+                        "default grid for the model when 'auto' finds no file.",
+            inputs=[
+                io.Model.Input("model"),
+                _coeff_combo("'auto' = the file matching the model and step count; else the chosen file's grid."),
+                io.Int.Input("steps", default=5, min=1, max=1000, tooltip="Used by 'auto' and 'untrained'."),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01),
+            ],
+            outputs=[io.Sigmas.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, coefficients: str, steps: int, denoise: float) -> io.NodeOutput:
+        from ..samplers import append_zero
+
+        if coefficients == host.UNTRAINED:
+            grid = append_zero(host.default_grid(host.model_info(model), steps).float())
+        elif coefficients == host.AUTO:
+            grid = host.adasde_scheduler(model.get_model_object("model_sampling"), steps)
+        else:
+            c = host.load_coefficients(host.coefficient_path(coefficients))
+            grid = append_zero(c.sigmas.flatten().float())
+        if denoise < 1.0:
+            n = len(grid) - 1
+            keep = max(0, round(n * denoise))
+            grid = grid[-(keep + 1):] if keep > 0 else torch.zeros(0)
+        return io.NodeOutput(grid.float().cpu())

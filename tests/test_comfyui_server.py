@@ -1,0 +1,270 @@
+"""End-to-end tests against the real ComfyUI 0.30.0 server (HOSTS.md B10), started once per session as a subprocess.
+
+ComfyUI comes from ``tools/install_comfyui.sh`` (``$ADASDE_COMFYUI_DIR``, default ``.cache/comfyui``).  Our repository
+root is loaded as a custom node through the ``custom_nodes:`` key of an extra_model_paths yaml (a symlink named
+``adasde``), next to the test pack ``tests/comfy_test_pack`` (tiny random SD1.5-shaped model).  Everything talks to
+the server over HTTP: POST /prompt, GET /history, GET /object_info, POST /interrupt.
+
+Without ComfyUI the tests skip, except in CI (``CI=true``), where a missing ComfyUI fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+COMFY = Path(os.environ.get("ADASDE_COMFYUI_DIR") or REPO / ".cache" / "comfyui")
+TEST_PACK = REPO / "tests" / "comfy_test_pack"
+SIZE = 32  # image size -> 4 x 4 latents: the toy UNet runs in milliseconds
+
+pytestmark = [pytest.mark.comfyui]
+
+
+def require_comfyui() -> None:
+    if (COMFY / "main.py").is_file():
+        return
+    msg = (f"real ComfyUI not found at {COMFY} (set ADASDE_COMFYUI_DIR or run tools/install_comfyui.sh)")
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail("CI: " + msg)
+    pytest.skip(msg)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.coeff_dir = root / "user_coefficients"
+        self.output_dir = root / "base" / "output"
+        self.log_path = root / "server.log"
+        self.client_id = uuid.uuid4().hex
+        self.proc: subprocess.Popen | None = None
+
+    # -------------------------------------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        nodes = self.root / "custom_nodes"
+        nodes.mkdir(parents=True)
+        (self.root / "base" / "custom_nodes").mkdir(parents=True)
+        self.coeff_dir.mkdir()
+        os.symlink(REPO, nodes / "adasde")
+        os.symlink(TEST_PACK, nodes / "adasde_test_pack")
+        yaml = self.root / "extra_model_paths.yaml"
+        yaml.write_text(f"adasde_tests:\n  base_path: {self.root}\n  custom_nodes: custom_nodes\n"
+                        f"  adasde_coefficients: {self.coeff_dir.name}\n")
+        env = dict(os.environ, OMP_NUM_THREADS="2", MKL_NUM_THREADS="2", PYTHONUNBUFFERED="1")
+        cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+               "--base-directory", str(self.root / "base"), "--extra-model-paths-config", str(yaml),
+               "--disable-auto-launch", "--database-url", "sqlite:///:memory:", "--preview-method", "none"]
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, cwd=COMFY, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                self.get("/object_info/AdaSDESampler")
+                return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.5)
+        raise RuntimeError(f"ComfyUI did not come up in 180 s:\n{self.tail()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+    def tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    # -------------------------------------------------------------------------------------------- HTTP
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, body: Any) -> Any:
+        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                raw = r.read()
+        except urllib.error.HTTPError as e:
+            raise AssertionError(f"POST {path} -> {e.code}: {e.read().decode(errors='replace')}") from e
+        return json.loads(raw) if raw.strip() else None
+
+    def queue(self, prompt: dict) -> str:
+        res = self.post("/prompt", {"prompt": prompt, "client_id": self.client_id})
+        assert not res.get("node_errors"), res
+        return res["prompt_id"]
+
+    def wait(self, prompt_id: str, timeout: float = 120) -> dict:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            h = self.get(f"/history/{prompt_id}")
+            if prompt_id in h and h[prompt_id].get("status", {}).get("completed") is not None:
+                entry = h[prompt_id]
+                if entry["status"]["status_str"] in ("success", "error"):
+                    return entry
+            time.sleep(0.25)
+        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s:\n{self.tail()}")
+
+    def run(self, prompt: dict, timeout: float = 120) -> dict:
+        entry = self.wait(self.queue(prompt), timeout)
+        assert entry["status"]["status_str"] == "success", (json.dumps(entry["status"], indent=1)[-3000:],
+                                                           self.tail())
+        return entry
+
+    def object_info(self, node: str) -> dict:
+        return self.get(f"/object_info/{node}")[node]
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory: pytest.TempPathFactory) -> Server:
+    require_comfyui()
+    srv = Server(tmp_path_factory.mktemp("comfyui"))
+    try:
+        srv.start()
+    except Exception:
+        srv.stop()
+        raise
+    yield srv
+    srv.stop()
+
+
+# ------------------------------------------------------------------------------------------------ graph helpers
+def toy(seed: int = 0) -> dict:
+    return {"class_type": "AdaSDETestToyModel", "inputs": {"seed": seed}}
+
+
+def stats_of(entry: dict, node: str = "stats") -> list[dict]:
+    return entry["outputs"][node]["adasde_stats"][0]["images"]
+
+
+def ksampler_graph(batch: int, seed: int, sampler: str = "adasde", scheduler: str = "adasde", steps: int = 3,
+                   index: int | None = None) -> dict:
+    g = {
+        "m": toy(),
+        "lat": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": batch}},
+        "ks": {"class_type": "KSampler", "inputs": {
+            "model": ["m", 0], "positive": ["m", 1], "negative": ["m", 2], "latent_image": ["lat", 0], "seed": seed,
+            "steps": steps, "cfg": 2.0, "sampler_name": sampler, "scheduler": scheduler, "denoise": 1.0}},
+        "stats": {"class_type": "AdaSDETestLatentStats", "inputs": {"samples": ["ks", 0]}},
+    }
+    if index is not None:
+        g["pick"] = {"class_type": "LatentFromBatch", "inputs": {"samples": ["lat", 0], "batch_index": index,
+                                                                  "length": 1}}
+        g["ks"]["inputs"]["latent_image"] = ["pick", 0]
+    return g
+
+
+def custom_graph(sampler_node: dict, sigmas_node: dict, batch: int, seed: int) -> dict:
+    return {
+        "m": toy(),
+        "lat": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": batch}},
+        "sampler": sampler_node,
+        "sigmas": sigmas_node,
+        "sc": {"class_type": "SamplerCustom", "inputs": {
+            "model": ["m", 0], "add_noise": True, "noise_seed": seed, "cfg": 2.0, "positive": ["m", 1],
+            "negative": ["m", 2], "sampler": ["sampler", 0], "sigmas": ["sigmas", 0], "latent_image": ["lat", 0]}},
+        "stats": {"class_type": "AdaSDETestLatentStats", "inputs": {"samples": ["sc", 0]}},
+    }
+
+
+SD15_SIGMA_MIN, SD15_SIGMA_MAX = 0.0291675, 14.614642
+TRAINED_FILE = "toy-sd15-3step.safetensors"
+
+
+def write_trained_file(folder: Path, name: str = TRAINED_FILE, steps: int = 3, gamma: float = 0.3) -> Path:
+    """A hand-made 'trained' coefficient set for SD1.5 eps models with visible churn (gamma > 0), polynomial grid."""
+    from adasde.coefficients import Coefficients, ModelIdentity, save
+    from adasde.samplers import get_sigmas
+
+    sig = get_sigmas("polynomial", steps + 1, SD15_SIGMA_MIN, SD15_SIGMA_MAX, rho=7.0, dtype=torch.float64)
+    t = lambda v: torch.full((steps, 1), float(v))  # noqa: E731
+    g = t(gamma)
+    g[0] = 0.0
+    c = Coefficients(r=t(0.4), a=t(0.98), c=t(1.01), gamma=g, w=t(1.0), sigmas=sig, schedule="polynomial", rho=7.0,
+                     afs=False, model=ModelIdentity(family="sd15", prediction="eps", sigma_min=SD15_SIGMA_MIN,
+                                                    sigma_max=SD15_SIGMA_MAX, name="toy"))
+    path = folder / name
+    save(c, path)
+    return path
+
+
+def options(spec: list) -> list[str]:
+    """Combo options from /object_info (V1: [[...]], V3: ["COMBO", {"options": [...]}])."""
+    return list(spec[1]["options"]) if spec[0] == "COMBO" else list(spec[0])
+
+
+def _close(a: list[float], b: list[float], tol: float = 1e-4) -> bool:
+    return all(abs(x - y) <= tol * (1 + abs(y)) for x, y in zip(a, b)) and len(a) == len(b)
+
+
+# ------------------------------------------------------------------------------------------------------ tests
+def test_registration_in_dropdowns_and_nodes(comfy: Server) -> None:
+    ks = comfy.object_info("KSampler")["input"]["required"]
+    assert {"adasde", "amed"} <= set(options(ks["sampler_name"]))
+    assert options(ks["scheduler"]).count("adasde") == 1
+    sel = options(comfy.object_info("KSamplerSelect")["input"]["required"]["sampler_name"])
+    assert sel.count("adasde") == 1 and sel.count("amed") == 1  # idempotent: import + on_load register once
+    assert "adasde" in options(comfy.object_info("BasicScheduler")["input"]["required"]["scheduler"])
+    for node in ("AdaSDESampler", "AdaSDESigmas", "AMEDSampler", "AdaSDEDistill", "AdaSDEFIDEvaluate",
+                 "AdaSDESaveFIDReferenceStats"):
+        assert comfy.object_info(node)["python_module"].startswith("custom_nodes.")
+
+
+def test_ksampler_dropdown_auto_coefficients_match_custom_node_and_batch(comfy: Server) -> None:
+    write_trained_file(comfy.coeff_dir)
+    combo = options(comfy.object_info("AdaSDESampler")["input"]["required"]["coefficients"])
+    assert TRAINED_FILE in combo, combo  # listed without a restart (user folder from extra_model_paths.yaml)
+
+    # KSampler dropdown: sampler 'adasde' + scheduler 'adasde' -> the trained grid, auto-selected coefficients.
+    b2 = stats_of(comfy.run(ksampler_graph(batch=2, seed=7)))
+    b1 = stats_of(comfy.run(ksampler_graph(batch=1, seed=7)))
+    assert len(b2) == 2 and all(abs(s["std"]) > 0 for s in b2)
+    assert _close(b1[0]["first"], b2[0]["first"]), (b1[0]["first"][:4], b2[0]["first"][:4])  # same seed, same image
+    # the second image of the batch, alone (LatentFromBatch sets batch_index=1 -> same initial noise)
+    alone = stats_of(comfy.run(ksampler_graph(batch=2, seed=7, index=1)))
+    assert _close(alone[0]["first"], b2[1]["first"]), (alone[0]["first"][:4], b2[1]["first"][:4])
+
+    # SamplerCustom + AdaSDE Sampler(file) + AdaSDE Sigmas(file) gives exactly the dropdown's result ...
+    sig_node = {"class_type": "AdaSDESigmas", "inputs": {"model": ["m", 0], "coefficients": TRAINED_FILE,
+                                                         "steps": 3, "denoise": 1.0}}
+    smp = {"class_type": "AdaSDESampler", "inputs": {"coefficients": TRAINED_FILE, "afs": "auto", "s_noise": 1.0}}
+    custom = stats_of(comfy.run(custom_graph(smp, sig_node, batch=1, seed=7)))
+    assert _close(custom[0]["first"], b1[0]["first"])
+    # ... and differs from untrained AdaSDE on the same grid (the coefficients really were used)
+    smp_u = {"class_type": "AdaSDESampler", "inputs": {"coefficients": "untrained", "afs": "auto", "s_noise": 1.0}}
+    untrained = stats_of(comfy.run(custom_graph(smp_u, sig_node, batch=1, seed=7)))
+    assert not _close(untrained[0]["first"], b1[0]["first"], tol=1e-3)
+
+
+def test_ksampler_fallback_warns_and_runs(comfy: Server) -> None:
+    entry = comfy.run(ksampler_graph(batch=1, seed=3, scheduler="karras", steps=2))
+    assert all(s["std"] > 0 for s in stats_of(entry))
+    assert "no adasde coefficient file" in comfy.tail(200)
