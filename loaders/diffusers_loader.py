@@ -1,4 +1,4 @@
-"""``diffusers:DIR`` -> :class:`DiffusersDenoiser` (ALGORITHMS.md section 1.1; docs/ARCHITECTURE.md "The model contract").
+"""``diffusers:DIR`` -> :class:`DiffusersDenoiser` (ALGORITHMS.md section 1.1; docs/ARCHITECTURE.md model contract).
 
 Supported local folders (nothing is ever downloaded; weights must be ``.safetensors``):
 
@@ -22,13 +22,14 @@ Classifier-free guidance is one batched call on [uncond; cond] (section 1.1, ``C
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import json
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -483,7 +484,7 @@ def _diffusers() -> Any:
 def build_module(lib: str, cls_name: str, folder: Path, dtype: torch.dtype,
                  state_dict: dict[str, torch.Tensor] | None = None, source: str | None = None) -> nn.Module:
     """One model component from ``folder`` (config + safetensors), or from its config plus ``state_dict``
-    (checked strictly: a missing/unexpected key or a shape mismatch raises :class:`ModelSpecError` naming ``source``)."""
+    (checked strictly: missing/unexpected keys or wrong shapes raise :class:`ModelSpecError` naming ``source``)."""
     cls = _class(lib, cls_name, str(folder))
     config_name = "config.json"
     _read_json(folder / config_name, f"{cls_name} config ({config_name})")
@@ -567,6 +568,31 @@ def _locate(path: Path) -> tuple[Path, dict[str, Any] | None]:
     )
 
 
+@contextlib.contextmanager
+def quiet_hub_logs() -> Iterator[None]:
+    """Silence diffusers/transformers info logs and per-file progress bars while loading local folders."""
+    import diffusers.utils.logging as dlog
+
+    try:
+        import transformers.utils.logging as tlog
+    except ModuleNotFoundError:  # transformers only needed for text pipelines
+        tlog = None
+    saved = dlog.get_verbosity(), (tlog.get_verbosity() if tlog else None)
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    if tlog:
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        dlog.set_verbosity(saved[0])
+        dlog.enable_progress_bar()
+        if tlog:
+            tlog.set_verbosity(saved[1])
+            tlog.enable_progress_bar()
+
+
 def load_folder(path: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None,
                 expect: str | None = None, overrides: dict[str, dict[str, torch.Tensor]] | None = None,
                 source: str | None = None, default_cfg: float = 1.0) -> DiffusersDenoiser:
@@ -577,6 +603,13 @@ def load_folder(path: str | Path, device: torch.device | str | None = None, dtyp
     (single-file checkpoints; ``source`` names that file in errors).
     """
     _diffusers()
+    with quiet_hub_logs():
+        return _load_folder(path, device, dtype, expect, overrides, source, default_cfg)
+
+
+def _load_folder(path: str | Path, device: torch.device | str | None, dtype: torch.dtype | str | None,
+                 expect: str | None, overrides: dict[str, dict[str, torch.Tensor]] | None, source: str | None,
+                 default_cfg: float) -> DiffusersDenoiser:
     root, index = _locate(Path(path).expanduser())
     dev = torch.device(device) if device is not None else torch.device("cpu")
     dt = _resolve_dtype(dtype, dev)
@@ -712,6 +745,10 @@ def _resolve(rest: str, device: torch.device | str | None = None, dtype: torch.d
              **kw: Any) -> DiffusersDenoiser:
     if not rest:
         raise ModelSpecError("diffusers: spec needs a folder, e.g. diffusers:/models/stable-diffusion-v1-5")
+    if kw.get("config") is not None:
+        raise ModelSpecError(f"diffusers:{rest}: --config is for single-file:FILE specs; a diffusers folder carries "
+                             "its own configs")
+    kw.pop("config", None)
     return load_folder(os.path.expanduser(rest), device=device, dtype=dtype, **kw)
 
 
