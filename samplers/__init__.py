@@ -1,19 +1,63 @@
-"""Host-free samplers in the k-diffusion calling convention (docs/ARCHITECTURE.md, ALGORITHMS.md)."""
+"""Host-free samplers in the k-diffusion calling convention (docs/ARCHITECTURE.md, ALGORITHMS.md).
 
-from .adasde import CoefficientMismatchWarning, adasde_step, resolve_tables, sample_adasde
-from .common import SeededNoise, append_zero, is_flow_model, to_d
+``SAMPLERS`` maps a name to ``sample_NAME(model, x, sigmas, extra_args=None, callback=None, disable=None, **options)``;
+``nfe(name, sigmas, **options)`` gives its exact number of model calls.
+"""
+
+from .adasde import CoefficientMismatchWarning, adasde_points, adasde_step, resolve_tables, sample_adasde
+from .amed import AMEDPredictor, PluginHistory, amed_step, plugin_step, sample_amed, sample_amed_plugin
+from .baselines import (
+    ab_direction,
+    dpm2_step,
+    dpmpp_weights,
+    euler_step,
+    heun_step,
+    sample_dpm_2,
+    sample_dpmpp_2m,
+    sample_dpmpp_3m,
+    sample_euler,
+    sample_heun,
+    sample_ipndm,
+    sample_unipc,
+    unipc_coefficients,
+)
+from .common import SeededNoise, afs_direction, append_zero, is_flow_model, to_d
+from .registry import SAMPLERS, nfe
 from .schedules import SCHEDULES, get_sigmas, teacher_sigmas
 
 __all__ = [
+    "AMEDPredictor",
     "CoefficientMismatchWarning",
+    "PluginHistory",
+    "SAMPLERS",
     "SCHEDULES",
     "SeededNoise",
+    "ab_direction",
+    "adasde_points",
     "adasde_step",
+    "afs_direction",
+    "amed_step",
     "append_zero",
+    "dpm2_step",
+    "dpmpp_weights",
+    "euler_step",
     "get_sigmas",
+    "heun_step",
     "is_flow_model",
+    "nfe",
+    "plugin_step",
     "resolve_tables",
     "sample_adasde",
+    "sample_amed",
+    "sample_amed_plugin",
+    "sample_dpm_2",
+    "sample_dpmpp_2m",
+    "sample_dpmpp_3m",
+    "sample_euler",
+    "sample_heun",
+    "sample_ipndm",
+    "sample_unipc",
     "teacher_sigmas",
     "to_d",
+    "unipc_coefficients",
 ]

@@ -15,23 +15,27 @@ NFE = (1 + K)(N - 1) - [AFS] on an N-point grid, plus 1 if the grid ends in 0 (s
 from __future__ import annotations
 
 import logging
+import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tqdm.auto import trange
 
 from .common import (
     NoiseSampler,
-    afs_direction,
-    batch_ones,
+    afs_denoised,
     bcast,
     churn,
     default_noise_sampler,
+    denoise_to_zero,
+    inserted_point,
     is_flow_model,
+    lincomb,
+    prepare_grid,
     sigma_input,
-    sigma_list,
-    split_trailing_zero,
 )
 
 log = logging.getLogger("adasde")
@@ -56,6 +60,7 @@ class StepTables:
     afs: bool
     trained: bool
     note: str = ""
+    offset: int = 0  # row of the trained grid where sampling starts (> 0: img2img / denoise < 1)
 
     @property
     def steps(self) -> int:
@@ -84,6 +89,30 @@ def _grid_match(host: list[float], trained: list[float]) -> int | None:
     return o
 
 
+def _check_tables(coeffs: Any) -> None:
+    """Shapes and values of a coefficient record; the error names the file and the fix."""
+    name = getattr(coeffs, "source", None) or "the coefficient set"
+    fix = "re-export or re-distil the coefficients"
+    sig = torch.as_tensor(coeffs.sigmas).flatten()
+    steps = sig.numel() - 1
+    for k in ("r", "a", "c", "gamma", "w"):
+        t = getattr(coeffs, k, None)
+        if not torch.is_tensor(t) or t.ndim != 2 or t.shape[0] != steps:
+            shape = tuple(t.shape) if torch.is_tensor(t) else type(t).__name__
+            raise ValueError(
+                f"{name}: table {k!r} has shape {shape}, expected [steps={steps}, K] for its {steps + 1}-point sigma "
+                f"grid; {fix}"
+            )
+        if t.shape[1] != coeffs.r.shape[1]:
+            raise ValueError(f"{name}: table {k!r} has K={t.shape[1]} but 'r' has K={coeffs.r.shape[1]}; {fix}")
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{name}: table {k!r} contains non-finite values {t.flatten().tolist()}; {fix}")
+    if steps < 1 or not torch.isfinite(sig).all() or (sig <= 0).any() or (sig[1:] >= sig[:-1]).any():
+        raise ValueError(f"{name}: its sigma grid {sig.tolist()} is not a strictly decreasing positive grid; {fix}")
+    if ((coeffs.r < 0) | (coeffs.r > 1)).any():
+        raise ValueError(f"{name}: r must lie in [0, 1], got {coeffs.r.flatten().tolist()}; {fix}")
+
+
 def resolve_tables(
     coeffs: Any,
     grid: list[float],
@@ -93,14 +122,16 @@ def resolve_tables(
     """Rows of ``coeffs`` (a ``Coefficients`` record) that fit the positive sigma ``grid``.
 
     Rules (docs/ARCHITECTURE.md): the grid must equal the trained grid, or a suffix of it (img2img / denoise < 1, where
-    sampling starts at a lower sigma); anything else (other step count, other schedule, other sigma range) falls back to
-    untrained AdaSDE with a :class:`CoefficientMismatchWarning` naming the mismatch.  AFS is used only when the
-    coefficients were trained with it and sampling starts at the trained sigma_max (pure noise).
+    sampling starts at a lower sigma: rows ``offset..`` are used, AFS off); anything else (other step count, other
+    schedule, other sigma range) falls back to untrained AdaSDE (= DPM-Solver-2) with a
+    :class:`CoefficientMismatchWarning` naming the mismatch.  AFS is used only when the coefficients were trained with
+    it and sampling starts at the trained sigma_max (pure noise); an explicit ``afs`` overrides that.
     """
     steps = len(grid) - 1
     if coeffs is None:
         return untrained_tables(steps, afs=bool(afs))
-    trained_grid = [float(v) for v in coeffs.sigmas.flatten().tolist()]
+    _check_tables(coeffs)
+    trained_grid = [float(v) for v in torch.as_tensor(coeffs.sigmas).flatten().tolist()]
     offset = _grid_match(grid, trained_grid)
     if offset is None:
         name = getattr(coeffs, "source", None) or "the coefficient set"
@@ -119,8 +150,63 @@ def resolve_tables(
     use_afs = bool(coeffs.afs) and offset == 0
     if afs is not None:
         use_afs = bool(afs)
-    t = {k: getattr(coeffs, k)[rows].to(torch.float64) for k in ("r", "a", "c", "gamma", "w")}
-    return StepTables(**t, afs=use_afs, trained=True)
+    t = {k: getattr(coeffs, k)[rows].detach().to(torch.float64) for k in ("r", "a", "c", "gamma", "w")}
+    return StepTables(**t, afs=use_afs, trained=True, offset=offset)
+
+
+Coef = torch.Tensor | Sequence[float] | float
+
+
+def _col(v: Coef, k: int) -> torch.Tensor | float:
+    """Column ``k`` of a ``[K]`` / ``[B, K]`` tensor or a list of K numbers; a number is shared by every point."""
+    if torch.is_tensor(v):
+        return v[..., k]
+    if isinstance(v, (int, float)):
+        return float(v)
+    return float(v[k])
+
+
+def _width(r: Coef) -> int:
+    if torch.is_tensor(r):
+        return int(r.shape[-1]) if r.ndim else 1
+    return 1 if isinstance(r, (int, float)) else len(r)
+
+
+def mixed_gamma(w: Coef, gamma: Coef) -> torch.Tensor | float:
+    """gamma_bar = sum_k w_k gamma_k (ALGORITHMS.md section 3.2, step 1): a number, 0-d or per-sample ``[B]``."""
+    if isinstance(gamma, (int, float)):
+        return float(gamma)
+    if torch.is_tensor(gamma) or torch.is_tensor(w):
+        return (torch.as_tensor(w) * torch.as_tensor(gamma)).sum(-1)
+    return math.fsum(float(a) * float(b) for a, b in zip(w, gamma))
+
+
+def adasde_points(
+    model: Any,
+    x_hat: torch.Tensor,
+    sigma_hat: torch.Tensor | float,
+    sigma_next: torch.Tensor | float,
+    diff: torch.Tensor,
+    r: Coef,
+    a: Coef,
+    c: Coef,
+    w: Coef,
+    extra_args: dict | None = None,
+) -> torch.Tensor:
+    """Steps 4-5 of ALGORITHMS.md section 3.2 given ``diff = x_hat - D(x_hat; t_hat)`` (d_hat = diff / t_hat):
+
+    s_k = t_{n+1}^{r_k} t_hat^{1-r_k},  d_k = (x_k - D(x_k; a_k s_k)) / s_k,
+    x_{n+1} = x_hat + (t_{n+1} - t_hat) sum_k w_k c_k d_k.
+    Shared by AdaSDE and AMED-Solver (section 4.2 is the case K = 1).  Coefficients may be numbers (one fused kernel
+    per update), ``[K]`` or per-sample ``[B, K]`` tensors (differentiable).
+    """
+    terms: list[tuple[torch.Tensor | float, torch.Tensor]] = [(1.0, x_hat)]
+    for k in range(_width(r)):
+        r_k, a_k, c_k, w_k = _col(r, k), _col(a, k), _col(c, k), _col(w, k)
+        s_k = sigma_next**r_k * sigma_hat ** (1 - r_k)
+        _, _, diff_k = inserted_point(model, x_hat, sigma_hat, s_k, diff, a_k, extra_args)
+        terms.append(((sigma_next - sigma_hat) * w_k * c_k / s_k, diff_k))
+    return lincomb(terms)
 
 
 def adasde_step(
@@ -128,11 +214,11 @@ def adasde_step(
     x: torch.Tensor,
     sigma: torch.Tensor | float,
     sigma_next: torch.Tensor | float,
-    r: torch.Tensor,
-    a: torch.Tensor,
-    c: torch.Tensor,
-    gamma: torch.Tensor | float,
-    w: torch.Tensor,
+    r: Coef,
+    a: Coef,
+    c: Coef,
+    gamma: Coef,
+    w: Coef,
     noise: torch.Tensor | None = None,
     extra_args: dict | None = None,
     afs: bool = False,
@@ -141,13 +227,12 @@ def adasde_step(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | float]:
     """One AdaSDE step (ALGORITHMS.md section 3.2).  Differentiable in x and in every coefficient.
 
-    ``r, a, c, w``: tensors ``[K]`` (shared) or ``[B, K]`` (per sample, AMED); ``gamma``: ``[K]`` or a scalar, mixed as
-    sum_k w_k gamma_k; ``noise``: the N(0, I) draw for the churn (ignored when the mixed gamma is 0 or None).
-    Returns ``(x_next, denoised at (x_hat, t_hat) or None with AFS, t_hat)``.
+    ``r, a, c, w``: tensors ``[K]`` (shared) or ``[B, K]`` (per sample, AMED), or lists of K numbers (fastest; what
+    :func:`sample_adasde` passes); ``gamma``: the same, or a number, mixed as sum_k w_k gamma_k; ``noise``: the N(0, I)
+    draw for the churn (ignored when the mixed gamma is the number 0, or None).  Returns ``(x_next, denoised at
+    (x_hat, t_hat) or None with AFS, t_hat)``.
     """
-    extra_args = extra_args or {}
-    s_in = batch_ones(x)
-    g = (w * gamma).sum(-1) if torch.is_tensor(gamma) else gamma
+    g = mixed_gamma(w, gamma)
     if noise is not None and not (isinstance(g, float) and g == 0.0):
         sigma_hat = sigma * (1 + g)
         if flow:
@@ -157,18 +242,11 @@ def adasde_step(
         sigma_hat, x_hat = sigma, x
     if afs:
         denoised = None
-        d_hat = afs_direction(x_hat, bcast(sigma_hat, x), flow=flow)
+        diff = x_hat - afs_denoised(x_hat, sigma_hat, flow=flow)
     else:
-        denoised = model(x_hat, sigma_input(sigma_hat, s_in), **extra_args)
-        d_hat = (x_hat - denoised) / bcast(sigma_hat, x)
-    direction = 0.0
-    for k in range(r.shape[-1]):
-        r_k, a_k, c_k, w_k = r[..., k], a[..., k], c[..., k], w[..., k]
-        s_k = sigma_next**r_k * sigma_hat ** (1 - r_k)
-        x_k = x_hat + bcast(s_k - sigma_hat, x) * d_hat
-        d_k = (x_k - model(x_k, sigma_input(a_k * s_k, s_in), **extra_args)) / bcast(s_k, x)
-        direction = direction + bcast(w_k * c_k, x) * d_k
-    x_next = x_hat + bcast(sigma_next - sigma_hat, x) * direction
+        denoised = model(x_hat, sigma_input(sigma_hat, x.new_ones([x.shape[0]])), **(extra_args or {}))
+        diff = x_hat - denoised
+    x_next = adasde_points(model, x_hat, sigma_hat, sigma_next, diff, r, a, c, w, extra_args)
     return x_next, denoised, sigma_hat
 
 
@@ -189,31 +267,35 @@ def sample_adasde(
     """AdaSDE sampler (ALGORITHMS.md section 3.2) in the k-diffusion calling convention.
 
     ``coeffs``: a ``Coefficients`` record (see :func:`resolve_tables` for how it is fitted to ``sigmas``; None means
-    untrained AdaSDE = DPM-Solver-2).  Churn noise comes from ``noise_sampler`` if given, else from per-sample
-    generators seeded by ``extra_args['seed']``.  ``flow``: flow-model noise injection (auto-detected when None).
-    A trailing 0 in ``sigmas`` adds one final denoising call.
+    untrained AdaSDE = DPM-Solver-2).  gamma is forced to 0 on row 0 of the trained grid (section 3.1).  Churn noise
+    comes from ``noise_sampler(sigma, sigma_next)`` if given, else from per-sample generators seeded by
+    ``extra_args['seed']`` (batch-independent), else the global RNG.  ``flow``: flow-model noise injection
+    (auto-detected when None).  A trailing 0 in ``sigmas`` adds one final denoising call.
+    NFE = (1 + K)(N - 1) - [AFS] (+1 with a trailing 0).
     """
     extra_args = {} if extra_args is None else extra_args
-    s, ends_in_zero = split_trailing_zero(sigma_list(sigmas))
-    flow = is_flow_model(model) if flow is None else flow
+    s, ends_in_zero = prepare_grid(sigmas)
+    flow = is_flow_model(model) if flow is None else bool(flow)
+    if flow and s[0] > 1.0 + 1e-6:
+        raise ValueError(
+            f"flow models need sigmas <= 1, got sigmas[0] = {s[0]}; pass flow=False for a sigma-form model"
+        )
     tables = resolve_tables(coeffs, s, afs=afs) if len(s) > 1 else untrained_tables(0)
     noise = default_noise_sampler(x, extra_args, noise_sampler)
-    rows = {k: getattr(tables, k).to(device=x.device, dtype=x.dtype) for k in ("r", "a", "c", "gamma", "w")}
-    s_in = batch_ones(x)
-    for i in range(len(s) - 1):
-        gamma = rows["gamma"][i] if i > 0 else torch.zeros_like(rows["gamma"][i])
-        mixed = 0.0 if i == 0 or not tables.trained else None  # untrained gamma is 0: no draw, no host sync
-        eps = None if mixed == 0.0 else noise(s[i], s[i + 1])
+    rows = {k: getattr(tables, k).tolist() for k in ("r", "a", "c", "gamma", "w")}  # one host sync, before the loop
+    for i in trange(len(s) - 1, disable=disable):
+        x_prev = x
+        gamma = rows["gamma"][i] if tables.offset + i > 0 else 0.0  # gamma_0 = 0 (section 3.1)
+        g = mixed_gamma(rows["w"][i], gamma)
+        eps = noise(s[i], s[i + 1]) if g != 0.0 else None
         x, denoised, sigma_hat = adasde_step(
             model, x, s[i], s[i + 1], rows["r"][i], rows["a"][i], rows["c"][i], gamma, rows["w"][i],
             noise=eps, extra_args=extra_args, afs=tables.afs and i == 0, flow=flow, s_noise=s_noise,
         )
         if callback is not None:
-            callback({"i": i, "x": x, "denoised": x if denoised is None else denoised, "sigma": s[i],
-                      "sigma_hat": sigma_hat})
+            if denoised is None:
+                denoised = afs_denoised(x_prev, s[i], flow)
+            callback({"i": i, "x": x, "denoised": denoised, "sigma": s[i], "sigma_hat": sigma_hat})
     if ends_in_zero:
-        denoised = model(x, s[-1] * s_in, **extra_args)
-        if callback is not None:
-            callback({"i": len(s) - 1, "x": denoised, "denoised": denoised, "sigma": s[-1], "sigma_hat": s[-1]})
-        x = denoised
+        x = denoise_to_zero(model, x, s[-1], len(s) - 1, extra_args, callback)
     return x

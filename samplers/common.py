@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from tqdm.auto import trange
 
 NoiseSampler = Callable[[Any, Any], torch.Tensor]
 
@@ -28,15 +29,26 @@ def to_d(x: torch.Tensor, sigma: Any, denoised: torch.Tensor) -> torch.Tensor:
 def sigma_list(sigmas: torch.Tensor | Sequence[float]) -> list[float]:
     """The grid as Python floats: one host sync before the loop instead of one per step.
 
-    Raises ``ValueError`` for an empty, non-finite, negative or increasing grid.
+    Raises ``ValueError`` naming the offending value for an empty, non-finite, negative or non-decreasing grid.
     """
-    s = [float(v) for v in (sigmas.detach().flatten().cpu().tolist() if torch.is_tensor(sigmas) else sigmas)]
+    if torch.is_tensor(sigmas):
+        s = [float(v) for v in sigmas.detach().flatten().cpu().tolist()]
+    else:
+        try:
+            s = [float(v) for v in sigmas]
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"sigmas must be a 1-D tensor or a sequence of numbers, got {sigmas!r}") from exc
+    fix = "pass a strictly decreasing grid of sigmas >= 0, e.g. samplers.get_sigmas('time_uniform', n, 0.002, 80)"
     if len(s) < 2:
-        raise ValueError(f"a sigma grid needs at least 2 points, got {len(s)}")
-    if any(not math.isfinite(v) or v < 0 for v in s):
-        raise ValueError(f"sigmas must be finite and >= 0, got {s}")
-    if any(b >= a for a, b in zip(s[:-1], s[1:])):
-        raise ValueError(f"sigmas must be strictly decreasing, got {s}")
+        raise ValueError(f"a sigma grid needs at least 2 points, got {len(s)} ({s}); {fix}")
+    for i, v in enumerate(s):
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"sigmas[{i}] = {v} is not a finite value >= 0; {fix}")
+    for i in range(1, len(s)):
+        if s[i] >= s[i - 1]:
+            raise ValueError(
+                f"sigmas must be strictly decreasing, but sigmas[{i}] = {s[i]} >= sigmas[{i - 1}] = {s[i - 1]}; {fix}"
+            )
     return s
 
 
@@ -64,6 +76,35 @@ def sigma_input(sigma: torch.Tensor | float, s_in: torch.Tensor) -> torch.Tensor
         sigma = sigma.to(s_in.dtype)
         return sigma * s_in if sigma.ndim == 0 else sigma.reshape(-1) * s_in
     return sigma * s_in
+
+
+def axpy(x: torch.Tensor, a: torch.Tensor | float, y: torch.Tensor) -> torch.Tensor:
+    """``x + a * y`` with ``a`` a Python number (one fused kernel), a 0-d tensor or a per-sample ``[B]`` tensor."""
+    if isinstance(a, (int, float)):
+        return torch.add(x, y, alpha=a)
+    return x + bcast(a, x) * y
+
+
+def lincomb(terms: Sequence[tuple[torch.Tensor | float, torch.Tensor]]) -> torch.Tensor:
+    """``sum_j w_j t_j`` for weights that are Python numbers, 0-d or per-sample ``[B]`` tensors.
+
+    With number weights this is one multiply plus one fused add per further term (no temporaries); tensor weights take
+    the out-of-place path so that autograd sees every coefficient.
+    """
+    (w0, t0), rest = terms[0], terms[1:]
+    if all(isinstance(w, (int, float)) for w, _ in terms):
+        if w0 == 1 and rest:
+            out = torch.add(t0, rest[0][1], alpha=rest[0][0])
+            rest = rest[1:]
+        else:
+            out = t0 * w0
+        for w, t in rest:
+            out.add_(t, alpha=w)
+        return out
+    out = bcast(w0, t0) * t0
+    for w, t in rest:
+        out = out + bcast(w, t) * t
+    return out
 
 
 # --------------------------------------------------------------------------------------------- model type detection
@@ -174,3 +215,81 @@ def afs_direction(x: torch.Tensor, sigma: torch.Tensor | float, flow: bool = Fal
     if torch.is_tensor(sigma):
         return x / torch.sqrt(1 + sigma**2)
     return x / math.sqrt(1 + sigma**2)
+
+
+def afs_denoised(x: torch.Tensor, sigma: torch.Tensor | float, flow: bool = False) -> torch.Tensor:
+    """The denoised estimate implied by AFS, ``x - sigma * afs_direction(x, sigma)`` (0 NFE)."""
+    if flow:
+        return torch.zeros_like(x)
+    if torch.is_tensor(sigma):
+        return x * bcast(1 - sigma / torch.sqrt(1 + sigma**2), x)
+    return x * (1 - sigma / math.sqrt(1 + sigma**2))
+
+
+# --------------------------------------------------------------------------------------------- shared solver pieces
+def inserted_point(
+    model: Any,
+    x: torch.Tensor,
+    sigma: torch.Tensor | float,
+    s: torch.Tensor | float,
+    diff: torch.Tensor,
+    a: torch.Tensor | float = 1.0,
+    extra_args: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Euler sub-step to an inserted time and one model call there (ALGORITHMS.md sections 3.2 step 4, 4.2, 5).
+
+    ``diff = x - D(x; sigma)`` (so ``d = diff / sigma``); ``x_s = x + (s - sigma) d``; the network sees the scaled time
+    ``a * s``.  Returns ``(x_s, D(x_s; a s), x_s - D(x_s; a s))``; the caller divides by the unscaled ``s``.
+    ``sigma``, ``s`` and ``a`` may be numbers or per-sample ``[B]`` tensors.
+    """
+    x_s = axpy(x, (s - sigma) / sigma, diff)
+    den_s = model(x_s, sigma_input(a * s, batch_ones(x)), **(extra_args or {}))
+    return x_s, den_s, x_s - den_s
+
+
+def run_steps(
+    model: Any,
+    x: torch.Tensor,
+    s: list[float],
+    step: Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]],
+    extra_args: dict | None = None,
+    callback: Callable[[dict], Any] | None = None,
+    disable: bool | None = None,
+    afs: bool = False,
+    flow: bool = False,
+    ends_in_zero: bool = False,
+) -> torch.Tensor:
+    """The loop shared by the deterministic solvers (docs/ARCHITECTURE.md, sampler contract).
+
+    For each interval ``s[i] -> s[i + 1]`` of the positive grid: ``D(x; s[i])`` from one model call (AFS on step 0:
+    :func:`afs_denoised`, no call; or the value the previous step handed back), then ``step(i, x, denoised) ->
+    (x_next, D(x_next; s[i + 1]) or None)`` and the callback.  A trailing 0 adds the final call ``x = D(x; s[-1])``.
+    """
+    extra_args = {} if extra_args is None else extra_args
+    s_in = batch_ones(x)
+    denoised = None
+    for i in trange(len(s) - 1, disable=disable):
+        if denoised is None:
+            denoised = afs_denoised(x, s[0], flow) if afs and i == 0 else model(x, s[i] * s_in, **extra_args)
+        x, next_denoised = step(i, x, denoised)
+        if callback is not None:
+            callback({"i": i, "x": x, "denoised": denoised, "sigma": s[i], "sigma_hat": s[i]})
+        denoised = next_denoised
+    if ends_in_zero:
+        x = denoise_to_zero(model, x, s[-1], len(s) - 1, extra_args, callback)
+    return x
+
+
+def denoise_to_zero(
+    model: Any, x: torch.Tensor, sigma: float, i: int, extra_args: dict | None, callback: Callable[[dict], Any] | None
+) -> torch.Tensor:
+    """The last interval ``sigma -> 0`` of a grid ending in 0: ``x = D(x; sigma)`` (1 NFE, k-diffusion convention)."""
+    denoised = model(x, sigma * batch_ones(x), **(extra_args or {}))
+    if callback is not None:
+        callback({"i": i, "x": denoised, "denoised": denoised, "sigma": sigma, "sigma_hat": sigma})
+    return denoised
+
+
+def prepare_grid(sigmas: torch.Tensor | Sequence[float]) -> tuple[list[float], bool]:
+    """``(positive grid as floats, whether it ended in 0)``, validated once before the loop."""
+    return split_trailing_zero(sigma_list(sigmas))
