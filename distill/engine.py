@@ -123,6 +123,7 @@ class LoopConfig:
     checkpoint_every: int = 10
     resume: bool = False
     max_loss_factor: float = 1e4
+    teacher_forcing: bool | None = None  # restart step n from y_n; default: not bptt
     settings: dict[str, Any] = field(default_factory=dict)  # identifies the run (compared on resume)
 
 
@@ -219,6 +220,7 @@ def run(
         start, history = int(meta["iteration"]), [list(h) for h in meta["history"]]
         bad_grads, elapsed0 = int(meta.get("nonfinite_grads", 0)), float(meta.get("seconds", 0.0))
     first_loss = sum(history[0]) if history else None
+    forcing = (not cfg.bptt) if cfg.teacher_forcing is None else cfg.teacher_forcing
     t0 = time.perf_counter()
     sigma_max = cfg.sigmas[0]
     for it in range(start, iterations):
@@ -253,7 +255,7 @@ def run(
                 try:
                     for p in plist:
                         p.grad.zero_()
-                    if not cfg.bptt and n > 0:
+                    if forcing and n > 0:
                         x_cur = ys[n - 1]
                     eps = noise() if n > 0 else None
                     guard.where = (f"iteration {it}, student step {n} "

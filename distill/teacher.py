@@ -10,6 +10,7 @@ All teachers use the ODE direction ``d = (x - D(x; sigma)) / sigma``, valid for 
 * ``heun``  (AMED-Solver): EDM Heun per interval, 2 NFE.
 * ``dpmpp`` DPM-Solver++(2M), data prediction in lambda = -ln sigma, 1 NFE per interval (sigma-form models only).
 * ``euler`` 1 NFE per interval.
+* ``ipndm`` iPNDM (fixed Adams-Bashforth weights, order <= 4, section 5), 1 NFE per interval (AMED-Plugin on iPNDM).
 * ``student`` the student's own solver, untrained (AdaSDE with r = 0.5, a = c = 1, gamma = 0 = DPM-Solver-2 midpoint),
   2 NFE per interval: use with a large M.
 """
@@ -22,8 +23,9 @@ from typing import Any
 
 import torch
 
-TEACHERS = ("dpm2", "heun", "dpmpp", "euler", "student")
-NFE_PER_INTERVAL = {"dpm2": 4, "heun": 2, "dpmpp": 1, "euler": 1, "student": 2}
+TEACHERS = ("dpm2", "heun", "dpmpp", "euler", "ipndm", "student")
+NFE_PER_INTERVAL = {"dpm2": 4, "heun": 2, "dpmpp": 1, "euler": 1, "ipndm": 1, "student": 2}
+AB = {1: (1.0,), 2: (1.5, -0.5), 3: (23 / 12, -16 / 12, 5 / 12), 4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
 
 
 def _d(model: Callable, x: torch.Tensor, sigma: float, extra: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,6 +68,7 @@ def teacher_trajectory(
     states: list[torch.Tensor] = []
     prev_den: torch.Tensor | None = None
     prev_h: float | None = None
+    hist: list[torch.Tensor] = []
     with torch.no_grad():
         for j in range(len(fine) - 1):
             ta, tb = fine[j], fine[j + 1]
@@ -85,6 +88,11 @@ def teacher_trajectory(
             elif kind == "euler":
                 d, _ = _d(model, x, ta, extra)
                 x = x + (tb - ta) * d
+            elif kind == "ipndm":
+                d, _ = _d(model, x, ta, extra)
+                hist = (hist + [d])[-4:]
+                b = AB[len(hist)]
+                x = x + (tb - ta) * sum(w * h for w, h in zip(b, reversed(hist)))
             else:  # dpmpp (2M), section 5
                 _, den = _d(model, x, ta, extra)
                 h = math.log(ta) - math.log(tb)
