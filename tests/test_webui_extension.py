@@ -46,6 +46,9 @@ def host(request, tmp_path, monkeypatch):
     for k in [k for k in sys.modules if k == "modules" or k.startswith("modules.")]:
         del sys.modules[k]
     sys.modules.update(saved)
+    gr = sys.modules.get("gradio")
+    if gr is not None and str(STANDIN) in str(getattr(gr, "__file__", "")):
+        del sys.modules["gradio"]
 
 
 def load_script():
@@ -243,3 +246,42 @@ def test_install_py_installs_only_missing(monkeypatch):
     exec(compile((ROOT / "install.py").read_text(), "install.py", "exec"), {"__name__": "install"})  # noqa: S102
     assert calls == ['install "scipy>=1.10"']
     assert "torch" not in (ROOT / "install.py").read_text().split('"""')[-1]
+
+
+def test_settings_and_script_ui(host):
+    """Settings section and the always-visible script section (``gradio`` is a stand-in too: tests/webui_standin)."""
+    from modules import script_callbacks, scripts, shared
+
+    save(trained(host.family), host.models / "adasde" / "mine.safetensors")
+    mod = load_script()
+    for cb in script_callbacks.callbacks_ui_settings:
+        cb()
+    labels = shared.opts.data_labels
+    assert {"adasde_coefficients", "adasde_comfyui_dir", "adasde_final_denoise"} <= set(labels)
+    info = labels["adasde_coefficients"]
+    assert info.default == "auto" and info.section == ("adasde", "AdaSDE")
+    assert info.component_args()["choices"] == ["auto", "untrained", "mine.safetensors"]
+    script = mod.Script()
+    assert script.show(False) is scripts.AlwaysVisible and script.title() == "AdaSDE"
+    (dropdown,) = script.ui(False)
+    assert "mine.safetensors" in dropdown.kwargs["choices"]
+    assert script.infotext_fields == [(dropdown, "AdaSDE coefficients")]  # pasting an infotext restores the choice
+
+
+def test_comfyui_folder_and_final_denoise_setting(host, tmp_path):
+    from modules import shared
+    from modules.processing import StableDiffusionProcessing
+
+    comfy = tmp_path / "ComfyUI"
+    path = save(trained(host.family), comfy / "models" / "adasde_coefficients" / "from_comfy.safetensors")
+    mod = load_script()
+    shared.opts.adasde_comfyui_dir = str(comfy)
+    shared.opts.adasde_final_denoise = True
+    p = StableDiffusionProcessing(steps=3, script_args=("(Settings)",))
+    samples, info, sampler = run(p, mod)
+    sig = sampler.last_kwargs["sigmas"]
+    assert len(sig) == 5 and sig[-1] == 0 and torch.allclose(sig[:-1], load(path).sigmas.float())
+    assert "AdaSDE coefficients: from_comfy.safetensors" in info and "AdaSDE NFE: 6" in info  # 5 + final denoise
+    from adasde.webui.core import file_hash
+
+    assert f"AdaSDE coefficients hash: {file_hash(path)}" in info

@@ -4,6 +4,7 @@ selection, the AMED bottleneck hook (HOSTS.md section C).  Imported by ``scripts
 
 from .core import (
     INFOTEXT_FILE,
+    INFOTEXT_HASH,
     INFOTEXT_NFE,
     SAMPLERS,
     SCHEDULER_NAME,
@@ -19,6 +20,7 @@ from .core import (
 
 __all__ = [
     "INFOTEXT_FILE",
+    "INFOTEXT_HASH",
     "INFOTEXT_NFE",
     "SAMPLERS",
     "SCHEDULER_NAME",

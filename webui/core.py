@@ -36,7 +36,7 @@ log = logging.getLogger("adasde")
 
 SAMPLERS = {"AdaSDE": ("adasde", "adasde"), "AMED": ("amed", "amed")}  # label -> (alias, coefficient kind)
 SCHEDULER_NAME, SCHEDULER_LABEL = "adasde", "AdaSDE"
-INFOTEXT_FILE, INFOTEXT_NFE = "AdaSDE coefficients", "AdaSDE NFE"
+INFOTEXT_FILE, INFOTEXT_NFE, INFOTEXT_HASH = "AdaSDE coefficients", "AdaSDE NFE", "AdaSDE coefficients hash"
 CHOICE_AUTO, CHOICE_UNTRAINED, CHOICE_SETTINGS = "auto", "untrained", "(Settings)"
 OPT_CHOICE, OPT_COMFY_DIR, OPT_DENOISE = "adasde_coefficients", "adasde_comfyui_dir", "adasde_final_denoise"
 SAMPLER_OPTIONS = {"brownian_noise": True}  # plus "scheduler": "adasde" where sd_schedulers exists
@@ -267,9 +267,19 @@ def _write_infotext(p: Any, coeffs: Coefficients | None, trained: bool, nfe: int
     if params is None:
         return
     prefix = "Hires " if getattr(p, "is_hr_pass", False) else ""
-    name = Path(coeffs.source).name if (coeffs is not None and coeffs.source and trained) else CHOICE_UNTRAINED
-    params[prefix + INFOTEXT_FILE] = name
+    use = coeffs is not None and bool(coeffs.source) and trained
+    params[prefix + INFOTEXT_FILE] = Path(coeffs.source).name if use else CHOICE_UNTRAINED
     params[prefix + INFOTEXT_NFE] = nfe
+    if use:
+        params[prefix + INFOTEXT_HASH] = file_hash(coeffs.source)
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    """First 10 hex digits of the file's SHA-256 (as the WebUI shortens model hashes)."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:10]
 
 
 def _amed_function() -> Callable[..., torch.Tensor] | None:
