@@ -73,6 +73,7 @@ def _atomic_save(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: s
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
