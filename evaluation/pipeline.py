@@ -338,6 +338,15 @@ def sampler_setup(
         proto.update(steps=int(steps), schedule=[kind, r])
     else:
         raise ValueError("fid sample needs --coeffs FILE, --nfe K or --steps N")
+    try:
+        from ..samplers import nfe as count_nfe
+
+        proto["nfe"] = int(count_nfe(sampler, sigmas, **options))  # exact model calls per sample
+    except (ImportError, ValueError, TypeError) as exc:  # custom sampler outside the registry
+        proto.setdefault("nfe", None)
+        proto["nfe_note"] = f"not counted ({exc})"
+    if nfe is not None and proto["nfe"] not in (None, int(nfe)):
+        raise ValueError(f"sampler {sampler!r} on this grid makes {proto['nfe']} model calls, not --nfe {nfe}")
     proto["sigmas"] = [float(s) for s in sigmas]
     proto["options"] = {k: v for k, v in options.items() if isinstance(v, (bool, int, float, str))}
     return fn, sigmas, options, proto

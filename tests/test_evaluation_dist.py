@@ -95,6 +95,7 @@ def test_resume_and_saved_images(tmp_path, monkeypatch):
     proto = full["protocol"]
     assert proto["model"] == MODEL and proto["sampler"] == SAMPLER and proto["reference"]["sha256"]
     assert proto["feature_net"] == "test-pool" and proto["steps"] == 3 and len(proto["sigmas"]) == 3
+    assert proto["nfe"] == 4  # untrained AdaSDE (= DPM-Solver-2) on 3 points: 2 calls per step
 
     # interrupted after the first batch, then resumed: same result as one pass
     real = pipeline_mod.resolve_sampler
@@ -130,3 +131,18 @@ def test_resume_and_saved_images(tmp_path, monkeypatch):
 
     calc = score_images(tmp_path / "png", ref, progress=False)
     assert calc["value"] == pytest.approx(full["value"], rel=1e-6)
+
+
+def test_cli_sample_with_nfe(tmp_path):
+    from adasde.cli import main
+
+    ref = _make_ref(tmp_path / "ref.npz")
+    out = tmp_path / "res.json"
+    assert main(["fid", "sample", "--model", MODEL, "--sampler", "euler", "--nfe", "3", "--seeds", "0-3",
+                 "--ref", str(ref), "--batch", "2", "--device", "cpu", "--json", str(out), "--quiet"]) == 0
+    res = json.loads(out.read_text())
+    assert res["protocol"]["nfe"] == 3 and res["protocol"]["schedule"] == ["polynomial", 7.0]
+    assert res["num_images"] == 4 and res["metric"] == "FD-test" and res["versions"]["adasde"]
+    with pytest.raises(ValueError, match="unknown sampler"):
+        main(["fid", "sample", "--model", MODEL, "--sampler", "nope", "--nfe", "3", "--seeds", "0-1",
+              "--ref", str(ref), "--quiet"])

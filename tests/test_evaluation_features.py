@@ -134,6 +134,12 @@ def test_cli_ref_and_calc(image_dir, tmp_path):
                         "--kid-pr", "--json", str(out), "--quiet"]) == 0
     res = json.loads(out.read_text())
     assert res["value"] > 0.1 and "kid" in res and "precision_recall" in res
+    # an EDM-style stats file (no metadata) converts to another layout with our metadata
+    np.savez(tmp_path / "edm.npz", mu=np.zeros(6), sigma=np.eye(6))
+    assert adasde_main(["fid", "ref", "--data", str(tmp_path / "edm.npz"), "--dest", str(tmp_path / "conv.npz"),
+                        "--net", "test-pixels", "--layout", "pytorch-fid"]) == 0
+    conv = load_stats(tmp_path / "conv.npz")
+    assert conv.feature_net == "test-pixels" and conv.meta["layout"] == "pytorch-fid"
     # a reference computed with another network is refused
     with pytest.raises(ValueError, match="computed with feature network"):
         adasde_main(["fid", "calc", "--images", str(image_dir), "--ref", str(dest), "--net", "fmnist", "--quiet"])
