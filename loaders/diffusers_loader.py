@@ -505,7 +505,7 @@ def build_module(lib: str, cls_name: str, folder: Path, dtype: torch.dtype,
     else:
         cfg_cls = _class(lib, "AutoConfig", str(folder))
         model = cls(cfg_cls.from_pretrained(str(folder), local_files_only=True))
-    load_checked(model, state_dict, source or str(folder), cls_name)
+    load_checked(model, state_dict, source or str(folder), f"{cls_name} config in {folder}")
     return model.to(dtype)
 
 
@@ -531,7 +531,7 @@ def load_checked(model: nn.Module, sd: dict[str, torch.Tensor], source: str, wha
         if shapes:
             parts.append(f"shape mismatches {few(shapes)}")
         raise ModelSpecError(
-            f"{source}: the weights do not fit the {what} config ({'; '.join(parts)}); the checkpoint is of another "
+            f"{source}: the weights do not fit the {what} ({'; '.join(parts)}); the checkpoint is of another "
             "model family or the --config folder is wrong"
         )
     model.load_state_dict(sd, strict=False)
