@@ -14,6 +14,7 @@ _SUBSYSTEMS = (
     ".bench.cli",
     ".builtin.cli",
     ".loaders.cli",
+    ".coefficients.cli",
 )
 
 

@@ -215,3 +215,31 @@ def test_safe_unpickler_rebuilds_tensors_without_torch_load():
             out = SafeUnpickler(io.BytesIO(pickle.dumps(obj, protocol=protocol))).load()
             vals = torch.tensor(out.tolist(), dtype=ref.dtype)
             assert torch.equal(vals, ref)
+
+
+def test_cli_import_list_show(tmp_path, capsys, monkeypatch):
+    import argparse
+
+    from adasde.coefficients import cli
+
+    parser = argparse.ArgumentParser(prog="adasde")  # only our sub-command: `adasde` itself imports every subsystem
+    cli.register(parser.add_subparsers())
+
+    def main(argv):
+        args = parser.parse_args(argv)
+        return args.func(args)
+
+    monkeypatch.delenv("ADASDE_COEFFICIENTS", raising=False)
+    pkl = build_pickle(tmp_path / "network-snapshot-010000.pkl")
+    out = tmp_path / "lib" / "cifar10_nfe3.safetensors"
+    assert main(["coefficients", "import-official", str(pkl), str(out)]) == 0
+    assert "NFE 3" in capsys.readouterr().out and load(out).model.family == "edm-cifar10"
+    assert main(["coefficients", "list", "--dir", str(tmp_path / "lib"), "--family", "cifar10"]) == 0
+    assert str(out) in capsys.readouterr().out
+    assert main(["coefficients", "show", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "0.2265" in text and "80" in text
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps(_System(tmp_path / "pwned")))
+    assert main(["coefficients", "import-official", str(evil)]) == 2
+    assert "refusing to load" in capsys.readouterr().err and not (tmp_path / "pwned").exists()
