@@ -17,7 +17,8 @@ def register(subparsers: Any) -> None:
         "reference statistics (--model stats).  Needs the Fashion-MNIST files "
         "(apt-get install dataset-fashion-mnist, or ADASDE_FMNIST_DIR).",
     )
-    p.add_argument("--model", choices=("unet", "classifier", "stats"), default="unet")
+    p.add_argument("--model", choices=("unet", "classifier", "stats", "export"), default="unet",
+                   help="what to train; 'export' writes the EMA weights of --checkpoint to --out")
     p.add_argument("--steps", type=int, default=None, help="stop after this many optimizer steps")
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget of this invocation")
     p.add_argument("--seed", type=int, default=0)
@@ -56,6 +57,16 @@ def _run(args: argparse.Namespace) -> int:
         _, summary = train(cfg)
         print(json.dumps({k: summary[k] for k in ("steps", "kimg", "train_seconds", "final_loss_avg100")}))
         print(f"wrote {cfg.out}")
+        return 0
+    if args.model == "export":
+        from .train import DEFAULT_WEIGHTS, export_checkpoint
+
+        if not args.checkpoint:
+            raise SystemExit("train-builtin --model export needs --checkpoint PATH")
+        out = args.out or str(DEFAULT_WEIGHTS)
+        summary = export_checkpoint(args.checkpoint, out)
+        print(json.dumps({k: summary[k] for k in ("steps", "kimg", "train_seconds", "final_loss_avg100")}))
+        print(f"wrote {out}")
         return 0
     if args.model == "classifier":
         from .classifier import DEFAULT_CLASSIFIER, train_classifier

@@ -201,6 +201,28 @@ def export_weights(ema: FMNISTDenoiser, path: str | os.PathLike, meta: dict[str,
     _atomic_save(tensors, full, path)
 
 
+def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: str = "float16") -> dict[str, Any]:
+    """Write the EMA weights of a training checkpoint as loadable weights (e.g. to ship an interrupted run)."""
+    tensors, meta = _read_safetensors(ckpt)
+    if meta.get("format") != CKPT_FORMAT:
+        raise ValueError(f"{ckpt} is not an adasde train-builtin checkpoint (format {meta.get('format')!r})")
+    ema = FMNISTDenoiser(UNetConfig.from_dict(meta["arch"]))
+    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    cfg = meta.get("train", {})
+    step = int(meta["step"])
+    summary = {
+        "steps": step, "kimg": step * cfg.get("batch", 0) / 1000, "seed": cfg.get("seed"),
+        "train_seconds": meta.get("train_seconds"), "params": count_params(ema.unet), "config": cfg,
+        "final_loss_avg100": (sum(meta["recent_losses"][-100:]) / len(meta["recent_losses"][-100:])
+                              if meta.get("recent_losses") else None),
+        "machine": machine_info(), "exported_from_checkpoint": str(ckpt),
+        "finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "data": "Fashion-MNIST train split (60,000 images, Debian dataset-fashion-mnist), scaled to [-1, 1]",
+    }
+    export_weights(ema, out, {"training": summary}, dtype)
+    return summary
+
+
 @torch.no_grad()
 def heun_sample(model: torch.nn.Module, n: int, steps: int = 18, seed: int = 0, rho: float = 7.0,
                 sigma_min: float = 0.002, sigma_max: float = 80.0) -> torch.Tensor:
