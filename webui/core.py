@@ -154,7 +154,8 @@ def select_coefficients(choice: str, info: ModelInfo, steps: int | None, kind: s
     if choice == CHOICE_UNTRAINED:
         return None
     if choice == CHOICE_AUTO:
-        found = find_coefficients(info.family, prediction=None, steps=steps, dirs=coefficient_dirs(), kind=kind)
+        pred = info.prediction if info.prediction != "unknown" else None
+        found = find_coefficients(info.family, prediction=pred, steps=steps, dirs=coefficient_dirs(), kind=kind)
         if found is None:
             log.warning("AdaSDE: no %s coefficients for model family %r with %s steps in %s; using untrained %s "
                         "(DPM-Solver-2). Distil some with `adasde distill` or the ComfyUI node.", kind, info.family,
@@ -166,10 +167,14 @@ def select_coefficients(choice: str, info: ModelInfo, steps: int | None, kind: s
                   "in models/adasde/ or choose 'auto'.", choice, [str(d) for d in coefficient_dirs()])
         return None
     try:
-        return load(path)
+        coeffs = load(path)
     except CoefficientFileError as exc:
         log.error("AdaSDE: %s -- using untrained AdaSDE (DPM-Solver-2) instead.", exc)
         return None
+    if info.family != "unknown" and coeffs.model.family not in (info.family, "unknown"):
+        log.warning("AdaSDE: %s was distilled for %r but the loaded model looks like %r; results may be poor.",
+                    path.name, coeffs.model.family, info.family)
+    return coeffs
 
 
 # ------------------------------------------------------------------------------------------------ AMED features
