@@ -136,7 +136,7 @@ class UNet(nn.Module):
         self.bottleneck: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
-        emb = self.emb(self.fourier(c_noise)).to(x.dtype)
+        emb = self.emb(self.fourier(c_noise).to(self.emb[0].weight.dtype)).to(x.dtype)
         h = self.conv_in(x)
         skips = []
         for i, level in enumerate(self.enc):

@@ -98,3 +98,18 @@ def test_loader_rejects_checkpoint_file(tmp_path, tiny_data) -> None:
     train(_cfg(tmp_path, "k", steps=1, checkpoint=str(ckpt)), tiny_data)
     with pytest.raises(ModelSpecError, match="format"):
         load_fmnist(path=ckpt)
+
+
+def test_cli_train_and_export(tmp_path, capsys) -> None:
+    from adasde.cli import main
+
+    out, ckpt = tmp_path / "cli.safetensors", tmp_path / "cli_ckpt.safetensors"
+    rc = main(["train-builtin", "--steps", "2", "--batch", "4", "--arch", json.dumps(TINY), "--out", str(out),
+               "--checkpoint", str(ckpt), "--no-progress", "--seed", "5"])
+    assert rc == 0 and out.is_file() and ckpt.is_file()
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["steps"] == 2
+    exp = tmp_path / "exported.safetensors"
+    assert main(["train-builtin", "--model", "export", "--checkpoint", str(ckpt), "--out", str(exp)]) == 0
+    a, b = load_fmnist(path=out), load_fmnist(path=exp)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert b.meta["training"]["steps"] == 2 and b.meta["training"]["seed"] == 5

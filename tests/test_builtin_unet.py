@@ -120,3 +120,14 @@ def test_random_init_config_roundtrip() -> None:
     with torch.no_grad():
         out = m(torch.randn(2, 1, 28, 28), torch.tensor([1.0, 5.0]))
     assert out.shape == (2, 1, 28, 28) and m.bottleneck().shape == (2, 16, 14, 14)
+
+
+def test_bfloat16_weights_close_to_float32(model) -> None:
+    from adasde.builtin.loader import load_fmnist as load_weights
+
+    mb = load_weights(dtype=torch.bfloat16)
+    x = torch.randn(4, 1, 28, 28) * 2
+    s = torch.tensor([0.1, 1.0, 5.0, 50.0])
+    with torch.no_grad():
+        ref, out = model(x, s), mb(x, s)
+    assert out.dtype == torch.float32 and (out - ref).abs().max() < 0.1
