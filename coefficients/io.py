@@ -85,7 +85,7 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]
     if not isinstance(meta, dict):
         raise _err(p, f"the {META_KEY!r} metadata is not a JSON object: {meta!r}", regen)
     version = meta.get("version")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:
         raise _err(p, f"unknown format version {version!r} (this adasde reads version {FORMAT_VERSION})",
                    "upgrade adasde (pip install -U adasde / update the extension), or re-export the file")
     return header, meta
@@ -256,6 +256,10 @@ def from_metadata(meta: dict[str, Any], tensors: dict[str, torch.Tensor], path: 
         version=int(meta["version"]), source=str(p),
     )
     validate(coeffs, where=p)
+    for key, value in (("steps", coeffs.steps), ("K", coeffs.K)):
+        if key in meta and meta[key] != value:
+            raise _err(p, f"metadata says {key}={meta[key]!r} but the tensors have {key}={value}",
+                       "re-save the file with adasde (the header was edited or the file is corrupt)")
     return coeffs
 
 

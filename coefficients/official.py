@@ -2,10 +2,10 @@
 
 The files are EDM-persistence pickles of ``dict(model=adasde_predictor, loss_fn=...)`` (ALGORITHMS.md section 3.6,
 ASSETS.md section 6) that embed class source code which the original loader executes.  :class:`SafeUnpickler`
-resolves only a whitelist of globals (torch tensor/storage rebuild functions, ``collections.OrderedDict``, builtin
-containers) and turns every ``torch_utils.*``, ``training.*``, ``solvers.*`` and ``dnnlib.*`` object into an inert
-:class:`Stub` that records its state; anything else is refused before it can run.  The raw tables are mapped to
-effective values with the section 3.1 mappings.
+resolves only a whitelist of globals (torch tensor/storage rebuild functions, dtypes and devices, numpy arrays and
+scalars, ``collections.OrderedDict``, builtin containers) and turns every ``torch_utils.*``, ``training.*``,
+``solvers.*`` and ``dnnlib.*`` object into an inert :class:`Stub` that records its state; anything else is refused
+before it can run.  The raw tables are mapped to effective values with the section 3.1 mappings.
 """
 
 from __future__ import annotations
@@ -117,9 +117,21 @@ def _allowed_torch(module: str, name: str) -> Any:
             return obj
     if module == "torch.nn.parameter" and name == "Parameter":
         return torch.nn.Parameter
-    if module == "torch" and name == "Size":
-        return torch.Size
+    if module == "torch" and name in ("Size", "device"):
+        return getattr(torch, name)
     return None
+
+
+def _allowed_numpy(module: str, name: str) -> Any:
+    """numpy arrays and scalars (plain data; object arrays still go through the restricted ``find_class``)."""
+    if module not in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray"):
+        return None
+    import numpy as np
+
+    multiarray = (getattr(np, "_core", None) or np.core).multiarray
+    table = {"_reconstruct": multiarray._reconstruct, "scalar": multiarray.scalar, "ndarray": np.ndarray,
+             "dtype": np.dtype}
+    return table.get(name)
 
 
 class _RestrictedData(pickle.Unpickler):
@@ -140,6 +152,8 @@ class _RestrictedData(pickle.Unpickler):
         if module == "_codecs" and name == "encode":
             return _latin1_encode
         obj = _allowed_torch(module, name)
+        if obj is None:
+            obj = _allowed_numpy(module, name)
         if obj is not None:
             return obj
         if module.split(".")[0] in self.stub_prefixes:

@@ -217,3 +217,14 @@ def test_describe():
     s = describe(c)
     assert "AdaSDE" in s and "NFE 5" in s and "3 steps" in s and "sd15_nfe5.safetensors" in s and "gmm" in s
     assert "untrained" in describe(None)
+
+
+def test_header_disagrees_with_tensors(tmp_path):
+    t, meta = _parts(make())
+    meta["steps"] = 7
+    with pytest.raises(CoefficientFileError, match="metadata says steps=7 but the tensors have steps=3"):
+        load(_write_raw(tmp_path / "h.safetensors", t, meta))
+    t, meta = _parts(make())
+    meta["version"] = True
+    with pytest.raises(CoefficientFileError, match="unknown format version True"):
+        load(_write_raw(tmp_path / "v.safetensors", t, meta))

@@ -243,3 +243,20 @@ def test_cli_import_list_show(tmp_path, capsys, monkeypatch):
     evil.write_bytes(pickle.dumps(_System(tmp_path / "pwned")))
     assert main(["coefficients", "import-official", str(evil)]) == 2
     assert "refusing to load" in capsys.readouterr().err and not (tmp_path / "pwned").exists()
+
+
+def test_numpy_and_device_allowed_but_object_arrays_still_checked(tmp_path):
+    import io
+
+    import numpy as np
+    from adasde.coefficients.official import SafeUnpickler
+
+    data = {"arr": np.arange(3.0), "s": np.float32(2.5), "dev": torch.device("cpu")}
+    out = SafeUnpickler(io.BytesIO(pickle.dumps(data))).load()
+    assert out["arr"].tolist() == [0.0, 1.0, 2.0] and out["s"] == 2.5 and out["dev"] == torch.device("cpu")
+    marker = tmp_path / "pwned"
+    p = tmp_path / "obj.pkl"
+    p.write_bytes(pickle.dumps(np.array([_System(marker)], dtype=object)))
+    with pytest.raises(CoefficientFileError, match="pickle tries to call"):
+        import_official(p)
+    assert not marker.exists()
