@@ -182,37 +182,51 @@ def _hooks_clean(sd_model, original_unet):
 
 
 @pytest.mark.parametrize("fail", [False, True])
-def test_amed_bottleneck_hook_removed(host, monkeypatch, fail):
-    from adasde.webui import core
+def test_amed_bottleneck_hook(host, fail):
+    """AMED with a real predictor: features come from the middle-block hook / Forge block modifier, the result equals
+    sample_amed fed with the bottleneck computed independently, and the hook is gone afterwards (also on error)."""
+    import torch.nn.functional as F
+    from adasde.samplers import AMEDPredictor, sample_amed
     from modules import shared
     from modules.processing import StableDiffusionProcessing
 
     c = trained(host.family)
     c.kind, c.gamma = "amed", torch.zeros(3, 1)
-    c.predictor = {"head.weight": torch.zeros(1, 20)}
-    save(c, host.models / "adasde" / "amed.safetensors")
-    seen = []
-
-    def amed_standin(model, x, sigmas, extra_args=None, callback=None, disable=None, coeffs=None,
-                     noise_sampler=None):
-        """Uses the bottleneck like AMED (section 4.1) until samplers.sample_amed exists."""
-        out = model(x, sigmas[0] * x.new_ones(x.shape[0]), **extra_args)
-        seen.append(model.bottleneck())
-        if fail:
-            raise RuntimeError("sampling failed")
-        return out
-
-    monkeypatch.setattr(core, "_amed_function", lambda: amed_standin)
+    net = AMEDPredictor(scale_dir=0.05, scale_time=0.2, seed=3)
+    c.predictor, c.predictor_config = dict(net.state_dict()), net.config()
+    path = save(c, host.models / "adasde" / "amed.safetensors")
     mod = load_script()
     original = getattr(getattr(shared.sd_model, "forge_objects", None), "unet", None)
     p = StableDiffusionProcessing(steps=3, sampler_name="AMED", seeds=[1, 2, 3], script_args=("auto",))
     if fail:
-        with pytest.raises(RuntimeError, match="sampling failed"):
+        p.raise_at_step = 1
+        with pytest.raises(RuntimeError, match="interrupted"):
             run(p, mod)
-    else:
-        run(p, mod)
-    assert seen and seen[0].shape == (3, 4, 2, 2)  # conditional rows of the middle block ([cond; uncond] batch)
+        assert _hooks_clean(shared.sd_model, original)
+        return
+    samples, info, sampler = run(p, mod)
     assert _hooks_clean(shared.sd_model, original)
+    assert "AdaSDE coefficients: amed.safetensors" in info and "AdaSDE NFE: 5" in info
+    sig = sampler.last_kwargs["sigmas"]
+
+    ref_p = StableDiffusionProcessing(steps=3, seeds=[1, 2, 3])
+    from modules import sd_samplers
+
+    s = sd_samplers.create_sampler("AMED", ref_p.sd_model)
+    s.initialize(ref_p)
+    last = {}
+
+    def model(x, sigma, **extra):  # the stand-in's middle block is a 2x2 average pool of the input
+        last["h"] = F.avg_pool2d(x, 2)
+        return s.model_wrap_cfg(x, sigma, **extra)
+
+    x = ref_p.initial_noise() * sig[0]
+    cond, uncond = ref_p.conds()
+    extra = {"cond": cond, "image_cond": None, "uncond": uncond, "cond_scale": ref_p.cfg_scale, "s_min_uncond": 0.0}
+    ref = sample_amed(model, x, sig, extra_args=extra, coeffs=load(path), features=lambda: last["h"])
+    assert torch.allclose(samples, ref, atol=1e-6, rtol=0)
+    zero = sample_amed(model, x, sig, extra_args=extra, coeffs=load(path), features=None)
+    assert not torch.allclose(samples, zero, atol=1e-4)  # the features really reached the predictor
 
 
 def test_load_package_under_another_name():

@@ -289,7 +289,7 @@ def file_hash(path: str | os.PathLike) -> str:
 
 def _amed_function() -> Callable[..., torch.Tensor] | None:
     try:
-        from ..samplers import sample_amed  # type: ignore[attr-defined]
+        from ..samplers import sample_amed
     except ImportError:
         return None
     return sample_amed
@@ -324,17 +324,21 @@ def make_sampler(label: str) -> Callable[..., torch.Tensor]:
                   noise_sampler=noise_sampler, flow=info.flow)
         if kind == "adasde":
             return sample_adasde(model, x, sigmas, **kw)
-        store = FeatureStore()
         amed = _amed_function()
-        sd_model = getattr(p, "sd_model", None) or getattr(shared, "sd_model", None)
-        if amed is None or coeffs is None or not coeffs.predictor:
-            if amed is None:
-                log.warning("AMED: this adasde version has no AMED sampler; using the constant AMED tables.")
+        if amed is None:
+            log.warning("AMED: this adasde version has no AMED sampler; using the constant AMED tables.")
             return sample_adasde(model, x, sigmas, **kw)  # constant AMED (section 4.5) / untrained fallback
         params = inspect.signature(amed).parameters
+        kw = {k: v for k, v in kw.items() if k in params}
+        if coeffs is None or not coeffs.predictor or not trained:
+            return amed(model, x, sigmas, **kw)  # constant tables (section 4.5) or DPM-Solver-2: no hook needed
+        store = FeatureStore()
+        sd_model = getattr(p, "sd_model", None) or getattr(shared, "sd_model", None)
         with bottleneck_capture(sd_model, store):
             hooked = HookedDenoiser(model, store, info.flow)
-            return amed(hooked, x, sigmas, **{k: v for k, v in kw.items() if k in params})
+            if "features" in params:
+                kw["features"] = hooked.bottleneck
+            return amed(hooked, x, sigmas, **kw)
 
     sample.__name__ = f"sample_{kind}_webui"
     return sample

@@ -28,7 +28,10 @@ class KDiffusionSampler:
         self.callback_steps: list[int] = []
 
     def callback_state(self, d: dict) -> None:
+        """Like A1111, raises out of the sampling loop when the job is interrupted (here: ``p.raise_at_step``)."""
         self.callback_steps.append(int(d["i"]))
+        if getattr(self.p, "raise_at_step", None) == int(d["i"]):
+            raise RuntimeError("interrupted (stand-in)")
 
     def initialize(self, p: Any) -> dict:
         self.p = p
