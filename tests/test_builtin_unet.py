@@ -131,3 +131,17 @@ def test_bfloat16_weights_close_to_float32(model) -> None:
     with torch.no_grad():
         ref, out = model(x, s), mb(x, s)
     assert out.dtype == torch.float32 and (out - ref).abs().max() < 0.1
+
+
+def test_samples_are_recognisable(model) -> None:
+    """Heun samples (EDM Algorithm 1, 10 steps) look like Fashion-MNIST to the FD-FMNIST classifier."""
+    from adasde.builtin.classifier import load_classifier
+    from adasde.builtin.train import heun_sample
+
+    x = heun_sample(model, 48, steps=10, seed=7)
+    assert torch.isfinite(x).all() and x.abs().max() < 3  # data lie in [-1, 1]; small overshoot is normal
+    with torch.no_grad():
+        prob = load_classifier()(model.decode(x)).softmax(1)
+    conf, cls = prob.max(1)
+    assert float(conf.mean()) > 0.75, float(conf.mean())
+    assert len(set(cls.tolist())) >= 7
