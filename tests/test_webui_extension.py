@@ -299,3 +299,21 @@ def test_comfyui_folder_and_final_denoise_setting(host, tmp_path):
     from adasde.webui.core import file_hash
 
     assert f"AdaSDE coefficients hash: {file_hash(path)}" in info
+
+
+def test_detect_model_families():
+    """Family / prediction detection from A1111 flags and Forge engine classes (plain objects with those attributes)."""
+    from adasde.webui import ModelInfo, detect_model
+
+    def obj(cls_name, **attrs):
+        return type(cls_name, (), attrs)()
+
+    forge_unet = lambda kind: types.SimpleNamespace(  # noqa: E731
+        unet=types.SimpleNamespace(model=types.SimpleNamespace(predictor=types.SimpleNamespace(prediction_type=kind))))
+    assert detect_model(obj("LatentDiffusion", is_sd1=True, parameterization="eps")) == ModelInfo("sd15", "eps", False)
+    assert detect_model(obj("DiffusionEngine", is_sdxl=True)) == ModelInfo("sdxl", "eps", False)
+    assert detect_model(obj("LatentDiffusion", is_sd2=True, parameterization="v")) == ModelInfo("sd21", "v", False)
+    assert detect_model(obj("SD3Inferencer", is_sd3=True)) == ModelInfo("sd3", "flow", True)
+    assert detect_model(obj("Flux", forge_objects=forge_unet("const"))) == ModelInfo("flux", "flow", True)
+    assert detect_model(obj("StableDiffusionXL", forge_objects=forge_unet("v_prediction"))).prediction == "v"
+    assert detect_model(None) == ModelInfo("unknown", "unknown", False)
