@@ -60,7 +60,8 @@ def _solve(name: str, model: CountingModel, xT: torch.Tensor, target_nfe: int) -
     if model.calls != expected:
         raise RuntimeError(f"{name}: {model.calls} model calls but samplers.nfe says {expected} (grid {len(sigmas)})")
     kind, rho = PAPER_SCHEDULES.get(name, ("polynomial", 7.0))
-    setting = f"{kind}{'' if kind != 'polynomial' else f' rho {rho:g}'}, N = {len(sigmas)}, AFS {options.get('afs', False)}"
+    sched = kind if kind != "polynomial" else f"{kind} rho {rho:g}"
+    setting = f"{sched}, N = {len(sigmas)}, AFS {options.get('afs', False)}"
     return x, model.calls, setting
 
 

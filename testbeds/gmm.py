@@ -75,14 +75,18 @@ class GaussianMixture:
         if (w < 0).any() or not torch.isfinite(w).all() or w.sum() <= 0:
             raise ValueError(f"mixture weights must be finite, >= 0 and not all 0, got {w.tolist()}")
         if (tau2 < 0).any() or (tau2 == 0).any() and r < d:
-            raise ValueError(f"tau2 (isotropic residual variance) must be > 0 when rank {r} < d {d}, got {tau2.tolist()}")
+            raise ValueError(
+                f"tau2 (isotropic residual variance) must be > 0 when rank {r} < d {d}, got {tau2.tolist()}"
+            )
         if (lam <= 0).any():
             raise ValueError("eigenvalues lam must be > 0")
         if check:
             gram = V.transpose(1, 2) @ V
             err = (gram - torch.eye(r, dtype=torch.float64)).abs().max().item()
             if err > 1e-6:
-                raise ValueError(f"the columns of V must be orthonormal (max |V^T V - I| = {err:.2e}); use from_dense()")
+                raise ValueError(
+                    f"the columns of V must be orthonormal (max |V^T V - I| = {err:.2e}); use from_dense()"
+                )
         self.K, self.d, self.r = K, d, r
         self._master = {"weights": w / w.sum(), "means": means, "V": V, "lam": lam, "tau2": tau2}
         self.to(dtype)
@@ -158,9 +162,12 @@ class GaussianMixture:
         logits = self.log_weights[None] - 0.5 * quad - 0.5 * logdet - 0.5 * self.d * math.log(2 * math.pi)
         return logits, z, c, c_iso
 
-    def _posterior_block(self, x, alpha, s, temperature: float = 1.0):
+    def _posterior_block(self, x, alpha, s, temperature: float = 1.0, labels: torch.Tensor | None = None):
         """sum_k w_k [mu_k (1 - alpha b_k) + b_k x + V_k ((alpha lam / c - b_k) z_k)], b_k = alpha tau2_k / c_iso."""
         logits, z, c, c_iso = self._terms(x, alpha, s)
+        if labels is not None:  # conditional on the component: w = one-hot
+            keep = torch.nn.functional.one_hot(labels.long().to(x.device), self.K).bool()
+            logits = logits.masked_fill(~keep, float("-inf"))
         w = torch.softmax(logits / temperature, dim=1)  # [n, K]
         a = alpha[:, None]
         b = a * self.tau2[None] / c_iso  # [n, K]
@@ -177,14 +184,22 @@ class GaussianMixture:
 
     def posterior_mean(
         self, x: torch.Tensor, alpha: Any = 1.0, s: Any = 1.0, temperature: float = 1.0,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """E[y | x] for x = alpha y + s n (module docstring); ``alpha``, ``s`` scalars or [n].  ``temperature`` != 1
-        tempers the responsibilities (used only by the controlled-error variant, ASSETS.md section 5.5)."""
+        tempers the responsibilities (used only by the controlled-error variant, ASSETS.md section 5.5); ``labels``
+        [n] (component indices) gives the class-conditional E[y | x, k]."""
+        if labels is not None:
+            labels = torch.as_tensor(labels).reshape(-1)
+            if labels.numel() != x.shape[0] or (labels < 0).any() or (labels >= self.K).any():
+                raise ValueError(
+                    f"labels must be {x.shape[0]} component indices in [0, {self.K}), got {labels.tolist()}"
+                )
         x, out_dtype = self._prep(x)
         alpha, s = _as_vec(alpha, x.shape[0], x), _as_vec(s, x.shape[0], x)
         if (s <= 0).any():
             raise ValueError("the noise level must be > 0 for the posterior mean (use D(x; sigma_min) near 0)")
-        return self._posterior_block(x, alpha, s, temperature)[0].to(out_dtype)
+        return self._posterior_block(x, alpha, s, temperature, labels)[0].to(out_dtype)
 
     def denoise(self, x: torch.Tensor, sigma: Any) -> torch.Tensor:
         """Exact denoiser D(x; sigma) = E[y | x = y + sigma n] (ASSETS.md section 5.1)."""
@@ -297,7 +312,7 @@ def single_gaussian(
 
 
 def gaussian_ode_solution(mix: GaussianMixture, x: torch.Tensor, sigma_from: float, sigma_to: float) -> torch.Tensor:
-    """Exact PF-ODE transport of ``x`` from ``sigma_from`` to ``sigma_to`` for a single Gaussian (ASSETS.md section 5.1):
+    """Exact PF-ODE transport of ``x`` from ``sigma_from`` to ``sigma_to`` for a single Gaussian (ASSETS.md 5.1):
     in the eigenbasis (x(sigma) - mu)_i = (x(sigma0) - mu)_i sqrt((lam_i + sigma^2) / (lam_i + sigma0^2))."""
     if mix.K != 1:
         raise ValueError(f"the closed-form PF-ODE solution needs a single Gaussian (K = 1), got K = {mix.K}")
@@ -316,7 +331,8 @@ class GMMDenoiser(Denoiser):
     """The exact posterior-mean denoiser D(x; sigma) of a :class:`GaussianMixture` (EDM sigma form, ASSETS.md 5.1).
 
     Samples have shape ``sample_shape`` (product = d); ``decode`` maps [-1, 1] to [0, 1].  Keyword ``temperature``
-    (!= 1) tempers the responsibilities: used by the controlled-error variant (:func:`controlled_error`).
+    (!= 1) tempers the responsibilities: used by the controlled-error variant (:func:`controlled_error`).  Extra
+    argument ``class_labels`` ([B] component indices, e.g. Fashion-MNIST classes) makes it class-conditional.
     """
 
     prediction = "edm"
@@ -324,7 +340,8 @@ class GMMDenoiser(Denoiser):
 
     def __init__(
         self, mixture: GaussianMixture, sample_shape: Sequence[int] | None = None, family: str = "gmm",
-        sigma_min: float = 0.002, sigma_max: float = 80.0, temperature: float = 1.0, exact: GaussianMixture | None = None,
+        sigma_min: float = 0.002, sigma_max: float = 80.0, temperature: float = 1.0,
+        exact: GaussianMixture | None = None,
     ) -> None:
         super().__init__()
         shape = tuple(sample_shape) if sample_shape is not None else (mixture.d,)
@@ -341,7 +358,8 @@ class GMMDenoiser(Denoiser):
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
         alpha, s = self._alpha_s(sigma)
         flat = x.reshape(x.shape[0], -1)
-        return self.mixture.posterior_mean(flat, alpha, s, self.temperature).reshape(x.shape)
+        labels = extra.get("class_labels")
+        return self.mixture.posterior_mean(flat, alpha, s, self.temperature, labels).reshape(x.shape)
 
     def sample_data(self, n: int, seed: int = 0) -> torch.Tensor:
         """n exact samples of the *target* data distribution, shaped [n, *sample_shape]."""

@@ -5,7 +5,7 @@
 | ``testbed:gmm`` | exact denoiser of :func:`synthetic_gmm` (d = 64, K = 8, rank 4; shape (1, 8, 8); no data needed) |
 | ``testbed:gmm-error`` | controlled-error denoiser of the same mixture (:func:`controlled_error`) |
 | ``testbed:gmm-flow`` | the same mixture, flow parameterisation x = (1 - s) y + s n, s in [0.002, 1] |
-| ``testbed:fmnist-gmm`` | exact denoiser of the Fashion-MNIST mixture (:func:`fmnist_gmm`, K = 10, rank 32, (1, 28, 28)) |
+| ``testbed:fmnist-gmm`` | exact denoiser of the Fashion-MNIST mixture (:func:`fmnist_gmm`, K 10, rank 32, 1x28x28) |
 | ``testbed:fmnist-gmm-error`` | controlled-error denoiser of the Fashion-MNIST mixture |
 
 Keyword arguments of ``load_model`` override the constructors' defaults (``d``, ``K``, ``rank``, ``seed`` for the

@@ -199,3 +199,20 @@ def test_bad_parameters_raise_clear_errors():
         GaussianMixture([1.0], torch.zeros(1, 3), torch.eye(3)[None, :, :1], torch.ones(1, 1), 0.0)
     with pytest.raises(ValueError, match="sample_shape"):
         GMMDenoiser(synthetic_gmm(d=8), sample_shape=(1, 3, 3))
+
+
+def test_class_conditional_denoiser():
+    """With class_labels the denoiser is E[y | x, k]: the single-component posterior mean (dense formula)."""
+    mix = synthetic_gmm(d=6, K=3, rank=2, seed=7)
+    P, covs = mix.params(), mix.covariances()
+    x = mix.sample_noisy(9, 0.8, seed=1)
+    labels = torch.tensor([0, 1, 2] * 3)
+    model = GMMDenoiser(mix)
+    got = model(x, torch.full((9,), 0.8, dtype=torch.float64), class_labels=labels)
+    for i in range(9):
+        k = int(labels[i])
+        expect = P["means"][k] + covs[k] @ torch.linalg.solve(covs[k] + 0.64 * torch.eye(6, dtype=torch.float64),
+                                                              x[i] - P["means"][k])
+        assert torch.allclose(got[i], expect, atol=1e-10)
+    with pytest.raises(ValueError, match="component indices"):
+        model(x, torch.full((9,), 0.8, dtype=torch.float64), class_labels=torch.full((9,), 5))
