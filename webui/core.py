@@ -312,7 +312,7 @@ def make_sampler(label: str) -> Callable[..., torch.Tensor]:
         positive, ends_in_zero = split_trailing_zero(sigma_list(sigmas))
         steps = len(positive) - 1
         coeffs = select_coefficients(current_choice(p), info, steps, kind=kind)
-        tables = resolve_tables(coeffs, positive, warn=coeffs is not None) if steps > 0 else None
+        tables = resolve_tables(coeffs, positive, warn=False) if steps > 0 else None  # the sampler warns
         trained = bool(tables is not None and tables.trained)
         if noise_sampler is None and p is not None and getattr(p, "seeds", None):
             noise_sampler = SeededNoise(x, [int(s) for s in p.seeds[: x.shape[0]]])
