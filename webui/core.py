@@ -302,7 +302,10 @@ def make_sampler(label: str) -> Callable[..., torch.Tensor]:
     def sample(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                callback: Any = None, disable: bool | None = None, noise_sampler: Any = None,
                sigma_min: float | None = None, sigma_max: float | None = None, n: int | None = None) -> torch.Tensor:
-        """WebUI entry: picks coefficients, then runs the core sampler (ALGORITHMS.md sections 3.2 / 4.2)."""
+        """WebUI entry: picks coefficients, then runs the core sampler (ALGORITHMS.md sections 3.2 / 4.2).
+
+        ``sigma_min``, ``sigma_max`` and ``n`` are accepted because the WebUI passes them by signature; the grid is
+        ``sigmas``.  Churn noise comes from the host's seeded ``noise_sampler`` (``p.seeds`` if there is none)."""
         from ..samplers.adasde import resolve_tables
         from ..samplers.common import sigma_list, split_trailing_zero
 
