@@ -173,6 +173,8 @@ class DistillAdaSDE(io.ComfyNode):
                 io.Int.Input("target_nfe", default=0, min=0, max=100,
                              tooltip="If > 0, overrides steps: grid size and AFS chosen to use exactly this NFE."),
                 io.Int.Input("teacher_M", default=3, min=0, max=20, tooltip="Teacher points per student interval."),
+                io.Combo.Input("teacher", options=["dpm2", "heun", "dpmpp", "euler", "student"], default="dpm2",
+                               tooltip="Teacher solver on the fine grid (paper: dpm2, 4 NFE per interval)."),
                 io.Int.Input("batch", default=4, min=1, max=256),
                 io.Int.Input("trajectories", default=64, min=1, max=1_000_000),
                 io.Float.Input("learning_rate", default=0.2, min=1e-5, max=2.0, step=0.001,
@@ -190,8 +192,9 @@ class DistillAdaSDE(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, cfg: float, width: int, height: int, steps: int, target_nfe: int, teacher_M: int,
-                batch: int, trajectories: int, learning_rate: float, afs: bool, seed: int, file_name: str, resume: bool,
-                positive=None, negative=None, clip=None, prompts: str = "") -> io.NodeOutput:
+                teacher: str, batch: int, trajectories: int, learning_rate: float, afs: bool, seed: int,
+                file_name: str, resume: bool, positive=None, negative=None, clip=None,
+                prompts: str = "") -> io.NodeOutput:
         import comfy.model_management as mm
         import comfy.samplers
         import comfy.utils
@@ -261,7 +264,8 @@ class DistillAdaSDE(io.ComfyNode):
 
                     den = _make_denoiser(call, info, shape, getattr(mp.model, "model_name", None))
                     kw: dict[str, Any] = {
-                        "shape": shape, "afs": afs, "M": teacher_M, "batch": batch, "trajectories": trajectories,
+                        "shape": shape, "afs": afs, "M": teacher_M, "teacher": teacher, "batch": batch,
+                        "trajectories": trajectories,
                         "lr": learning_rate, "seed": seed, "device": noise.device, "progress": progress,
                         "checkpoint": ckpt_path, "resume": bool(resume) and os.path.isfile(ckpt_path),
                         "checkpoint_every": 1, "name": fname,

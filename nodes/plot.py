@@ -30,13 +30,12 @@ def chart(losses: Sequence[float], coeffs: Any = None, title: str = "AdaSDE dist
 
 
 def _chart_mpl(losses: Sequence[float], coeffs: Any, title: str, size: tuple[int, int]) -> torch.Tensor:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     dpi = 96
     fig = Figure(figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi)
+    canvas = FigureCanvasAgg(fig)
     ax1, ax2 = fig.subplots(1, 2)
     ys = [float(v) for v in losses]
     if ys:
@@ -55,8 +54,8 @@ def _chart_mpl(losses: Sequence[float], coeffs: Any, title: str, size: tuple[int
         ax2.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.canvas.draw()
-    rgba = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(np.float32) / 255.0
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())[..., :3].astype(np.float32) / 255.0
     return torch.from_numpy(rgba.copy())[None]
 
 

@@ -70,7 +70,8 @@ class Server:
         yaml = self.root / "extra_model_paths.yaml"
         yaml.write_text(f"adasde_tests:\n  base_path: {self.root}\n  custom_nodes: custom_nodes\n"
                         f"  adasde_coefficients: {self.coeff_dir.name}\n")
-        env = dict(os.environ, OMP_NUM_THREADS="2", MKL_NUM_THREADS="2", PYTHONUNBUFFERED="1")
+        # one thread: on a shared, overloaded CPU two OpenMP threads made a toy UNet call 200x slower (25 s vs 0.1 s)
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(self.root / "base"), "--extra-model-paths-config", str(yaml),
                "--disable-auto-launch", "--database-url", "sqlite:///:memory:", "--preview-method", "none"]
@@ -268,3 +269,66 @@ def test_ksampler_fallback_warns_and_runs(comfy: Server) -> None:
     entry = comfy.run(ksampler_graph(batch=1, seed=3, scheduler="karras", steps=2))
     assert all(s["std"] > 0 for s in stats_of(entry))
     assert "no adasde coefficient file" in comfy.tail(200)
+
+
+def distill_graph(name: str, trajectories: int, batch: int = 2, steps: int = 2, seed: int = 0) -> dict:
+    return {
+        "m": toy(),
+        "d": {"class_type": "AdaSDEDistill", "inputs": {
+            "model": ["m", 0], "positive": ["m", 1], "negative": ["m", 2], "prompts": "", "cfg": 2.0,
+            "width": SIZE, "height": SIZE, "steps": steps, "target_nfe": 0, "teacher_M": 1, "batch": batch,
+            "trajectories": trajectories, "teacher": "euler", "learning_rate": 0.05, "afs": True, "seed": seed,
+            "file_name": name, "resume": True}},
+        "lat": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}},
+        "sc": {"class_type": "SamplerCustom", "inputs": {
+            "model": ["m", 0], "add_noise": True, "noise_seed": 1, "cfg": 2.0, "positive": ["m", 1],
+            "negative": ["m", 2], "sampler": ["d", 0], "sigmas": ["d", 1], "latent_image": ["lat", 0]}},
+        "stats": {"class_type": "AdaSDETestLatentStats", "inputs": {"samples": ["sc", 0]}},
+        "chart": {"class_type": "PreviewImage", "inputs": {"images": ["d", 2]}},
+    }
+
+
+def test_distill_node_writes_listed_file_and_outputs(comfy: Server) -> None:
+    entry = comfy.run(distill_graph("toy-distilled", trajectories=4), timeout=180)
+    summary = entry["outputs"]["d"]["adasde_distill"][0]
+    assert summary["file"] == "toy-distilled.safetensors" and summary["steps"] == 2 and summary["nfe"] == 3
+    assert len(summary["losses"]) == 2 and all(v > 0 for v in summary["losses"])
+    assert (comfy.coeff_dir / "toy-distilled.safetensors").is_file()  # first (user) folder of the merged list
+    opts = options(comfy.object_info("AdaSDESampler")["input"]["required"]["coefficients"])
+    assert "toy-distilled.safetensors" in opts  # appears in the combo without restart
+    assert all(s["std"] > 0 for s in stats_of(entry))  # the returned SAMPLER + SIGMAS sample
+    assert entry["outputs"]["chart"]["images"], entry["outputs"]["chart"]  # IMAGE of loss curve + coefficients
+
+    from adasde.coefficients import load
+
+    c = load(comfy.coeff_dir / "toy-distilled.safetensors")
+    assert c.model.family == "sd15" and c.model.prediction == "eps" and c.afs
+    assert abs(float(c.sigmas[0]) - SD15_SIGMA_MAX) < 1e-3 and abs(float(c.sigmas[-1]) - SD15_SIGMA_MIN) < 1e-4
+
+
+def test_interrupt_during_distillation_keeps_checkpoint_and_resumes(comfy: Server) -> None:
+    name = "toy-interrupted"
+    ckpt = comfy.output_dir / "adasde_distill" / f"{name}.ckpt.safetensors"
+    pid = comfy.queue(distill_graph(name, trajectories=40, seed=3))
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert ckpt.exists(), comfy.tail()
+    comfy.post("/interrupt", {})
+    entry = comfy.wait(pid, timeout=120)
+    assert entry["status"]["status_str"] == "error"
+    kinds = [m[0] for m in entry["status"]["messages"]]
+    assert "execution_interrupted" in kinds, kinds
+    assert ckpt.exists(), "the checkpoint must survive a Cancel"
+    assert not (comfy.coeff_dir / f"{name}.safetensors").exists()
+    from adasde.distill.checkpoint import load_checkpoint
+
+    done = int(load_checkpoint(ckpt)[1]["iteration"])
+    assert 1 <= done < 20
+
+    entry = comfy.run(distill_graph(name, trajectories=40, seed=3), timeout=240)
+    from adasde.coefficients import load
+
+    c = load(comfy.coeff_dir / f"{name}.safetensors")
+    assert c.training["resumed_from"] == done and c.training["iterations"] == 20
+    assert not ckpt.exists()  # removed after a completed run
