@@ -31,14 +31,14 @@ def sigma_list(sigmas: torch.Tensor | Sequence[float]) -> list[float]:
 
     Raises ``ValueError`` naming the offending value for an empty, non-finite, negative or non-decreasing grid.
     """
+    fix = "pass a strictly decreasing grid of sigmas >= 0, e.g. samplers.get_sigmas('time_uniform', n, 0.002, 80)"
     if torch.is_tensor(sigmas):
         s = [float(v) for v in sigmas.detach().flatten().cpu().tolist()]
     else:
         try:
             s = [float(v) for v in sigmas]
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"sigmas must be a 1-D tensor or a sequence of numbers, got {sigmas!r}") from exc
-    fix = "pass a strictly decreasing grid of sigmas >= 0, e.g. samplers.get_sigmas('time_uniform', n, 0.002, 80)"
+            raise ValueError(f"sigmas must be a 1-D tensor or a sequence of numbers, got {sigmas!r}; {fix}") from exc
     if len(s) < 2:
         raise ValueError(f"a sigma grid needs at least 2 points, got {len(s)} ({s}); {fix}")
     for i, v in enumerate(s):
