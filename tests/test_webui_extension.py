@@ -260,6 +260,9 @@ def test_install_py_installs_only_missing(monkeypatch):
     exec(compile((ROOT / "install.py").read_text(), "install.py", "exec"), {"__name__": "install"})  # noqa: S102
     assert calls == ['install "scipy>=1.10"']
     assert "torch" not in (ROOT / "install.py").read_text().split('"""')[-1]
+    monkeypatch.setitem(sys.modules, "launch", None)  # outside the WebUI (ComfyUI-Manager runs install.py too)
+    exec(compile((ROOT / "install.py").read_text(), "install.py", "exec"), {"__name__": "install"})  # noqa: S102
+    assert calls == ['install "scipy>=1.10"']
 
 
 def test_settings_and_script_ui(host):
