@@ -68,14 +68,12 @@ def _solve(name: str, model: CountingModel, xT: torch.Tensor, target_nfe: int) -
 def _bench_testbed(spec: str, n: int, nfes: tuple[int, ...], solvers: tuple[str, ...], ref_steps: int,
                    bar: tqdm, seed: int) -> dict[str, Any]:
     from ..loaders import load_model
-    from ..testbeds import ExactMoments, evaluate, fd_floor, median_bandwidth, mmd2_unbiased, reference_solve
-    from ..testbeds.metrics import mode_tv, sliced_w2
+    from ..testbeds import fd_floor, mmd2_unbiased, reference_solve
+    from ..testbeds.metrics import ExactReference, mode_tv, sliced_w2
 
     model = load_model(spec)
     target = model.target
-    mom = ExactMoments(target)
-    ref_samples = target.sample(n, seed + 1)  # exact samples for SW2 / MMD (fixed, never the x_T's data)
-    bw = median_bandwidth(ref_samples)
+    exact = ExactReference(target, n, seed + 1)  # moments + exact samples for SW2 / MMD (never the x_T's data)
     xT = model.sample_prior(n, seed).to(torch.float32)
     counter = CountingModel(model)
     t0 = time.perf_counter()
@@ -83,16 +81,17 @@ def _bench_testbed(spec: str, n: int, nfes: tuple[int, ...], solvers: tuple[str,
     ref_half = reference_solve(model, xT, ref_steps // 2)
     ref_time = time.perf_counter() - t0
     flat = lambda x: x.reshape(x.shape[0], -1)  # noqa: E731
-    # floors: independent exact samples of the same size
+    # floors: the same metrics for independent exact samples of the same size
     extra = [target.sample(n, seed + 2 + i) for i in range(3)]
+    mmds = [mmd2_unbiased(e, exact.samples, exact.bandwidth, exact.yy_term) for e in extra]
     floors = {
-        "fd": fd_floor(target, n, moments=mom, seed=seed + 2),
-        "sw2": statistics.fmean(sliced_w2(e, ref_samples) for e in extra),
+        "fd": fd_floor(target, n, moments=exact.moments, seed=seed + 2),
+        "sw2": statistics.fmean(sliced_w2(e, exact.samples) for e in extra),
         "tv": statistics.fmean(mode_tv(e, target) for e in extra),
-        "mmd2": statistics.fmean(mmd2_unbiased(e, ref_samples, bw) for e in extra),
-        "mmd2_sd": statistics.pstdev([mmd2_unbiased(e, ref_samples, bw) for e in extra]),
+        "mmd2": statistics.fmean(mmds),
+        "mmd2_sd": statistics.pstdev(mmds),
     }
-    ref_metrics = evaluate(flat(ref), target, ref_samples, bw, mom)
+    ref_metrics = exact.evaluate(flat(ref))
     ref_metrics["rmse_half"] = math.sqrt(float((flat(ref) - flat(ref_half)).double().pow(2).mean()))
     rows: dict[tuple[str, int], dict[str, float]] = {}
     settings: dict[tuple[str, int], str] = {}
@@ -105,14 +104,15 @@ def _bench_testbed(spec: str, n: int, nfes: tuple[int, ...], solvers: tuple[str,
                 settings[(name, k)] = f"not run: {exc}"
                 bar.update(1)
                 continue
-            m = evaluate(flat(x), target, ref_samples, bw, mom, reference_solution=flat(ref))
+            m = exact.evaluate(flat(x), reference_solution=flat(ref))
             if not all(math.isfinite(v) for v in m.values()):
                 m = {key: float("nan") for key in m}
             rows[(name, k)] = m
             settings[(name, k)] = setting
             bar.update(1)
     return {"spec": spec, "model": model, "floors": floors, "ref": ref_metrics, "rows": rows, "settings": settings,
-            "ref_nfe": counter.calls, "ref_time": ref_time, "time": time.perf_counter() - t1, "bandwidth": bw}
+            "ref_nfe": counter.calls, "ref_time": ref_time, "time": time.perf_counter() - t1,
+            "bandwidth": exact.bandwidth}
 
 
 def _fmt(v: float | None, key: str) -> str:

@@ -14,6 +14,7 @@ from .gmm import (
 )
 from .metrics import (
     ExactMoments,
+    ExactReference,
     evaluate,
     fd_floor,
     frechet_distance,
@@ -27,6 +28,7 @@ from .metrics import (
 
 __all__ = [
     "ExactMoments",
+    "ExactReference",
     "GMMDenoiser",
     "GMMFlowDenoiser",
     "GaussianMixture",

@@ -94,19 +94,27 @@ def median_bandwidth(y: torch.Tensor, max_n: int = 1000) -> float:
     return float(dist[iu[0], iu[1]].median())
 
 
-def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> float:
+def _kernel_sum(a: torch.Tensor, b: torch.Tensor, bandwidth: float, exclude_diagonal: bool) -> float:
+    """sum_ij exp(-|a_i - b_j|^2 / (2 h^2)) in float64; distances by float32 matmuls (the d = 784 cost)."""
+    a32, b32 = a.float(), b.float()
+    d2 = ((a32 * a32).sum(1)[:, None] + (b32 * b32).sum(1)[None] - 2 * a32 @ b32.T).clamp(min=0)
+    k = torch.exp(d2.double() * (-0.5 / bandwidth**2))
+    if exclude_diagonal:
+        k.fill_diagonal_(0)
+    return float(k.sum())
+
+
+def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, bandwidth: float, yy_term: float | None = None) -> float:
     """Unbiased MMD^2 with k(a, b) = exp(-|a - b|^2 / (2 h^2)) (ASSETS.md 5.2): zero in expectation when x and y
-    come from the same distribution, so it can be negative."""
+    come from the same distribution, so it can be negative.  ``yy_term`` caches the y-y mean for a fixed y."""
     x, y = _flat(x), _flat(y)
     n, m = x.shape[0], y.shape[0]
     if n < 2 or m < 2:
         raise ValueError("unbiased MMD^2 needs at least 2 samples on each side")
-    g = -0.5 / bandwidth**2
-    kxx = torch.exp(g * torch.cdist(x, x).pow(2))
-    kyy = torch.exp(g * torch.cdist(y, y).pow(2))
-    kxy = torch.exp(g * torch.cdist(x, y).pow(2))
-    return float((kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
-                 + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)) - 2 * kxy.mean())
+    if yy_term is None:
+        yy_term = _kernel_sum(y, y, bandwidth, True) / (m * (m - 1))
+    return (_kernel_sum(x, x, bandwidth, True) / (n * (n - 1)) + yy_term
+            - 2 * _kernel_sum(x, y, bandwidth, False) / (n * m))
 
 
 def mode_histogram(x: torch.Tensor, mixture: GaussianMixture) -> torch.Tensor:
@@ -148,6 +156,31 @@ def reference_solve(denoiser: Any, x_T: torch.Tensor, n_steps: int = 200, sigmas
             d = 0.5 * (d + to_d(x_e, b, denoiser(x_e, b * ones)))
         x = x + (b - a) * d
     return x
+
+
+class ExactReference:
+    """Everything that is fixed while many samplers are compared on one target (ASSETS.md 5.2): exact moments,
+    ``n`` exact samples (seed ``seed``), their median bandwidth, their y-y MMD term and sorted projections."""
+
+    def __init__(self, mixture: GaussianMixture, n: int, seed: int = 1, n_dirs: int = 256) -> None:
+        self.mixture, self.moments = mixture, ExactMoments(mixture)
+        self.samples = _flat(mixture.sample(n, seed))
+        self.bandwidth = median_bandwidth(self.samples)
+        self.yy_term = _kernel_sum(self.samples, self.samples, self.bandwidth, True) / (n * (n - 1))
+        self.n_dirs = n_dirs
+
+    def evaluate(self, samples: torch.Tensor, reference_solution: torch.Tensor | None = None) -> dict[str, float]:
+        """fd, sw2, mmd2, tv, logp (and rmse given a reference solve from the same noise) of ``samples``."""
+        out = {
+            "fd": frechet_distance(samples, self.moments),
+            "sw2": sliced_w2(samples, self.samples, self.n_dirs),
+            "mmd2": mmd2_unbiased(samples, self.samples, self.bandwidth, self.yy_term),
+            "tv": mode_tv(samples, self.mixture),
+            "logp": mean_log_prob(samples, self.mixture),
+        }
+        if reference_solution is not None:
+            out["rmse"] = rmse(samples, reference_solution)
+        return out
 
 
 def evaluate(samples: torch.Tensor, mixture: GaussianMixture, reference_samples: torch.Tensor, bandwidth: float,
