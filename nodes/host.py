@@ -189,7 +189,7 @@ def _grid_fits(grid: list[float], trained: list[float], rtol: float = 1e-3) -> b
 
 
 def _kinds(sampler: str) -> tuple[str, ...]:
-    return ("adasde",) if sampler == "adasde" else ("amed", "amed_plugin")
+    return ("adasde",) if sampler == "adasde" else ("amed",)
 
 
 def select_coefficients(info: dict[str, Any], grid: list[float] | None, sampler: str = "adasde",
@@ -200,15 +200,18 @@ def select_coefficients(info: dict[str, Any], grid: list[float] | None, sampler:
     range; then the grid must fit (equal or a suffix).  Ties: exact family first, then the newest file.
     Returns ``(Coefficients or None, message)``.
     """
+    from ..coefficients.lookup import normalize_family
+
     best: tuple[tuple, str, Any] | None = None
     for name, c in all_coefficients():
         ident = c.model
         if c.kind not in _kinds(sampler):
             continue
+        fam = normalize_family(ident.family)
         if info.get("prediction") not in (None, "unknown") and ident.prediction not in (info["prediction"], "unknown"):
             continue
-        fam_ok = ident.family == info.get("family")
-        if not fam_ok and ident.family not in ("unknown", None, "") and info.get("family") is not None:
+        fam_ok = fam == info.get("family")
+        if not fam_ok and fam not in ("unknown", None, "") and info.get("family") is not None:
             continue
         trained = [float(v) for v in c.sigmas.flatten().tolist()]
         if grid is not None:

@@ -332,3 +332,90 @@ def test_interrupt_during_distillation_keeps_checkpoint_and_resumes(comfy: Serve
     c = load(comfy.coeff_dir / f"{name}.safetensors")
     assert c.training["resumed_from"] == done and c.training["iterations"] == 20
     assert not ckpt.exists()  # removed after a completed run
+
+
+def write_amed_file(folder: Path, name: str, enc_seed: int, steps: int = 3) -> Path:
+    """An AMED coefficient set whose predictor (seed-fixed) reads the bottleneck; ``enc_seed`` changes only the
+    feature encoder, so two files differ in output only if real bottleneck features reach the predictor."""
+    from adasde.coefficients import Coefficients, ModelIdentity, save
+    from adasde.samplers import AMEDPredictor, get_sigmas
+
+    sig = get_sigmas("polynomial", steps + 1, SD15_SIGMA_MIN, SD15_SIGMA_MAX, rho=7.0, dtype=torch.float64)
+    pred = AMEDPredictor(scale_dir=0.1, scale_time=0.1, seed=0)
+    g = torch.Generator().manual_seed(enc_seed)
+    with torch.no_grad():
+        pred.enc1.weight.copy_(torch.randn(pred.enc1.weight.shape, generator=g) * 3.0)
+    t = lambda v: torch.full((steps, 1), float(v))  # noqa: E731
+    c = Coefficients(r=t(0.5), a=t(1.0), c=t(1.0), gamma=t(0.0), w=t(1.0), sigmas=sig, schedule="polynomial",
+                     rho=7.0, afs=False, kind="amed", predictor={k: v.clone() for k, v in pred.state_dict().items()},
+                     predictor_config=pred.config(),
+                     model=ModelIdentity(family="sd15", prediction="eps", sigma_min=SD15_SIGMA_MIN,
+                                         sigma_max=SD15_SIGMA_MAX))
+    path = folder / name
+    save(c, path)
+    return path
+
+
+def test_amed_sampler_reads_bottleneck_without_touching_the_model(comfy: Server) -> None:
+    write_amed_file(comfy.coeff_dir, "toy-amed-a.safetensors", enc_seed=1)
+    write_amed_file(comfy.coeff_dir, "toy-amed-b.safetensors", enc_seed=2)
+    euler = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
+    grid = {"class_type": "AdaSDESigmas", "inputs": {"model": ["m", 0], "coefficients": "toy-amed-a.safetensors",
+                                                     "steps": 3, "denoise": 1.0}}
+    before = stats_of(comfy.run(custom_graph(euler, grid, batch=1, seed=11)))
+    outs = []
+    for f in ("toy-amed-a.safetensors", "toy-amed-b.safetensors"):
+        amed = {"class_type": "AMEDSampler", "inputs": {"coefficients": f, "afs": "auto"}}
+        outs.append(stats_of(comfy.run(custom_graph(amed, grid, batch=2, seed=11))))
+    assert all(s["std"] > 0 for o in outs for s in o)
+    # different feature encoders -> different results: the UNet bottleneck really reached the predictor
+    assert not _close(outs[0][0]["first"], outs[1][0]["first"], tol=1e-5)
+    after = stats_of(comfy.run(custom_graph(euler, grid, batch=1, seed=11)))
+    assert after[0]["sha"] == before[0]["sha"]  # the user's model (options) was not modified by the patch
+    # the KSampler dropdown entry 'amed' runs too (auto-selects an AMED file for the grid)
+    ks = ksampler_graph(batch=1, seed=11, sampler="amed", scheduler="adasde")
+    assert all(s["std"] > 0 for s in stats_of(comfy.run(ks)))
+
+
+def _random_images(seed: int, count: int, size: int = 28) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)  # same recipe as the test pack's AdaSDETestImages
+    return (torch.rand(count, size, size, 3, generator=g) * 0.8 + 0.1).clamp(0, 1)
+
+
+def test_fid_nodes_reference_and_accumulation(comfy: Server) -> None:
+    ref = {"imgs": {"class_type": "AdaSDETestImages", "inputs": {"seed": 0, "count": 24, "size": 28, "shift": 0.0}},
+           "save": {"class_type": "AdaSDESaveFIDReferenceStats", "inputs": {
+               "images": ["imgs", 0], "feature_net": "fmnist", "file_name": "toyref", "mode": "overwrite"}}}
+    comfy.run(ref)
+
+    def fid_graph(seed: int, reset: bool) -> dict:
+        return {"imgs": {"class_type": "AdaSDETestImages", "inputs": {"seed": seed, "count": 8, "size": 28,
+                                                                     "shift": 0.1}},
+                "fid": {"class_type": "AdaSDEFIDEvaluate", "inputs": {
+                    "images": ["imgs", 0], "reference": "toyref.npz", "feature_net": "fmnist", "accumulator": "acc",
+                    "reset": reset}}}
+
+    r1 = comfy.run(fid_graph(1, True))["outputs"]["fid"]["adasde_fid"][0]
+    r2 = comfy.run(fid_graph(2, False))["outputs"]["fid"]["adasde_fid"][0]
+    assert r1["num_images"] == 8 and r2["num_images"] == 16 and r2["metric"] == "FD-FMNIST"
+    assert (comfy.output_dir / "adasde_fid" / "acc.npz").is_file()
+
+    # the accumulated value equals a direct computation over all 16 images
+    from adasde.evaluation.features import load_feature_net
+    from adasde.evaluation.metrics import frechet_distance
+    from adasde.evaluation.reference import load_stats
+    from adasde.evaluation.stats import RunningStats
+
+    net = load_feature_net("fmnist")
+
+    def feats(x: torch.Tensor) -> torch.Tensor:
+        return net(x.permute(0, 3, 1, 2))
+
+    want_ref = RunningStats(net.dim).update(feats(_random_images(0, 24)))
+    ref_file = load_stats(Path(r2["reference"]))
+    assert abs(ref_file.mu - want_ref.mu).max() < 1e-4
+    imgs = torch.cat([(_random_images(s, 8) + 0.1).clamp(0, 1) for s in (1, 2)])
+    gen = RunningStats(net.dim).update(feats(imgs))
+    want = float(frechet_distance(gen.mu, gen.sigma, want_ref.mu, want_ref.sigma))
+    assert abs(r2["value"] - want) <= 1e-3 * max(1.0, abs(want)), (r2["value"], want)
+    assert r2["value"] > 0
