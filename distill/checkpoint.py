@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 KEY = "adasde_checkpoint"
 
 
-def save_checkpoint(path: str | os.PathLike, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+def save_checkpoint(path: str | os.PathLike, params: dict[str, torch.Tensor], optimizer: Any,
                     meta: dict[str, Any]) -> None:
     """Atomically write parameters, Adam state and ``meta`` to ``path``."""
     path = Path(path)
@@ -55,7 +55,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return tensors, json.loads(header[KEY])
 
 
-def restore(params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+def restore(params: dict[str, torch.Tensor], optimizer: Any, tensors: dict[str, torch.Tensor],
             meta: dict[str, Any], path: str | os.PathLike) -> None:
     """Copy saved parameters and Adam moments into ``params`` / ``optimizer`` (in place)."""
     missing = [n for n in params if f"param.{n}" not in tensors]

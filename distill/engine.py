@@ -156,6 +156,37 @@ def _move(extra: dict, device: torch.device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in extra.items()}
 
 
+class Adam:
+    """Adam (beta 0.9 / 0.999, eps 1e-8; the update of torch.optim.Adam) on a list of leaf tensors (section 3.5).
+
+    Written out (a dozen lines) because constructing ``torch.optim.Adam`` imports torch._dynamo, which costs seconds
+    to tens of seconds per process on a loaded CPU (every run, every DDP worker).  ``state[p]`` holds ``step``,
+    ``exp_avg`` and ``exp_avg_sq`` like torch's, so checkpoints keep the same layout.
+    """
+
+    def __init__(self, params: list[torch.Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        self.params, self.betas, self.eps = params, betas, eps
+        self.param_groups = [{"lr": lr}]
+        self.state: dict[torch.Tensor, dict[str, Any]] = {}
+
+    @torch.no_grad()
+    def step(self) -> None:
+        lr = self.param_groups[0]["lr"]
+        b1, b2 = self.betas
+        for p in self.params:
+            if p.grad is None:
+                continue
+            st = self.state.setdefault(p, {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p),
+                                           "exp_avg_sq": torch.zeros_like(p)})
+            st["step"] += 1
+            t = float(st["step"])
+            st["exp_avg"].lerp_(p.grad, 1 - b1)
+            st["exp_avg_sq"].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+            denom = (st["exp_avg_sq"].sqrt() / math.sqrt(1 - b2**t)).add_(self.eps)
+            p.addcdiv_(st["exp_avg"], denom, value=-lr / (1 - b1**t))
+
+
 def _sanitise_(params: list[torch.Tensor]) -> int:
     """Replace non-finite gradients in place (NaN -> 0, +-inf -> +-1e5); return how many entries were bad."""
     bad = 0
@@ -203,7 +234,7 @@ def run(
     iterations = math.ceil(cfg.trajectories / cfg.batch)
     guard = guard or ModelGuard(model)
     plist = list(params.values())
-    opt = torch.optim.Adam(plist, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    opt = Adam(plist, lr=cfg.lr)
     for p in plist:
         p.grad = torch.zeros_like(p)
     settings = _jsonable(cfg.settings)
