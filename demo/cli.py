@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from .run import DemoConfig, format_table, run_demo
+    from .run import DemoConfig, DemoError, format_table, run_demo
 
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = DemoConfig(out=Path(args.out), quick=args.quick, nfe=args.nfe, samples=args.samples,
                      chart_samples=args.chart_samples, trajectories=args.trajectories, seed=args.seed,
-                     device=args.device, chart_nfes=tuple(args.chart_nfes))
-    res = run_demo(cfg)
+                     device=args.device, chart_nfes=tuple(args.chart_nfes), progress=not args.no_progress)
+    try:
+        res = run_demo(cfg)
+    except DemoError as exc:
+        print(f"adasde demo: error: {exc}", file=sys.stderr)
+        return 2
     print()
     print(format_table(res.rows, cfg.nfe))
+    for s in res.skipped:
+        print(f"not run: {s}")
     print(f"\nreport: {res.report}")
     if res.coefficients:
         print(f"distilled coefficients: {res.coefficients}")
@@ -42,4 +49,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)

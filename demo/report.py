@@ -20,8 +20,14 @@ PALETTE = ("#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8, scale: int = 2) -> Path:
-    """Write images (N x C x H x W floats in [0, 1]) as one PNG grid with 2-px gutters, atomically."""
-    x = images.detach().float().clamp(0, 1).cpu()
+    """Write images (N x C x H x W floats in [0, 1], C = 1 or 3) as one PNG grid with 2-px white gutters, atomically.
+
+    The grid has ``min(nrow, N)`` columns; each cell is ``scale`` x ``scale`` pixels per image pixel (nearest)."""
+    if images.ndim != 4 or images.shape[0] == 0 or images.shape[1] not in (1, 3):
+        raise ValueError(f"save_grid: expected images [N>0, 1 or 3, H, W], got shape {tuple(images.shape)}")
+    if nrow < 1 or scale < 1:
+        raise ValueError(f"save_grid: nrow={nrow} and scale={scale} must be >= 1")
+    x = images.detach().float().nan_to_num(0.0).clamp(0, 1).cpu()
     n, c, h, w = x.shape
     ncol = min(nrow, n)
     nrows = math.ceil(n / ncol)
@@ -38,8 +44,12 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8, scal
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp.png")
-    img.save(tmp)
-    os.replace(tmp, path)
+    try:
+        img.save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -53,13 +63,24 @@ def svg_line_chart(
     height: int = 380,
     highlight: str | None = None,
 ) -> str:
-    """A small dependency-free SVG line chart: one polyline with markers per series, axes, ticks and a legend."""
-    pts = [(x, y) for s in series.values() for x, y in s if y is not None and math.isfinite(y)]
+    """A small dependency-free SVG line chart: one polyline with markers per series, axes, ticks and a legend.
+
+    Points whose y is None, NaN or infinite (or <= 0 with ``log_y``) are not drawn; a series keeps its polyline
+    through the remaining points (none when fewer than two remain) and its legend entry.  Colours follow the order of
+    ``series`` (:data:`PALETTE`); ``highlight`` names a series drawn with a thicker line.
+    """
+
+    def ok(y: float | None) -> bool:
+        return y is not None and math.isfinite(y) and (y > 0 or not log_y)
+
+    pts = [(x, y) for s in series.values() for x, y in s if ok(y) and math.isfinite(x)]
     if not pts:
-        return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}"></svg>'
+        return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" class="chart">'
+                f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle">{html.escape(title)}: no finite values'
+                "</text></svg>")
     ml, mr, mt, mb = 64, 150, 36, 48
     xs = [p[0] for p in pts]
-    ys = [max(p[1], 1e-12) if log_y else p[1] for p in pts]
+    ys = [p[1] for p in pts]
     x0, x1 = min(xs), max(xs)
     if x0 == x1:
         x0, x1 = x0 - 1, x1 + 1
@@ -95,7 +116,7 @@ def svg_line_chart(
                f'transform="rotate(-90 16 {(mt + height - mb) / 2})">{html.escape(ylabel)}</text>')
     for i, (name, s) in enumerate(series.items()):
         color = PALETTE[i % len(PALETTE)]
-        good = [(x, y) for x, y in s if y is not None and math.isfinite(y)]
+        good = [(x, y) for x, y in s if ok(y) and math.isfinite(x)]
         wide = 3 if name == highlight else 1.6
         if len(good) > 1:
             poly = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in good)
@@ -117,23 +138,35 @@ def coefficient_chart(tables: Mapping[str, Sequence[float]], title: str) -> str:
     return svg_line_chart(series, title, "student step n", "value", width=520, height=300)
 
 
+def _number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def html_table(header: Sequence[str], rows: Sequence[Sequence[object]], best_col: int | None = None) -> str:
-    """An HTML table; the smallest value of ``best_col`` is bold."""
+    """An HTML table (cells escaped, floats with 3 decimals); every cell of ``best_col`` holding its smallest finite
+    number is bold and has class ``best``."""
     best = None
     if best_col is not None:
-        vals = [r[best_col] for r in rows if isinstance(r[best_col], (int, float)) and math.isfinite(r[best_col])]
+        vals = [r[best_col] for r in rows if _number(r[best_col])]
         best = min(vals) if vals else None
     out = ["<table><thead><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr></thead><tbody>"]
     for r in rows:
         cells = []
         for j, v in enumerate(r):
-            txt = f"{v:.3f}" if isinstance(v, float) else str(v)
-            if best is not None and j == best_col and v == best:
-                txt = f"<b>{txt}</b>"
-            cells.append(f"<td>{txt if txt.startswith('<b>') else html.escape(txt)}</td>")
+            txt = html.escape(f"{v:.3f}" if isinstance(v, float) else str(v))
+            if best is not None and j == best_col and _number(v) and v == best:
+                cells.append(f'<td class="best"><b>{txt}</b></td>')
+            else:
+                cells.append(f"<td>{txt}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</tbody></table>")
     return "\n".join(out)
+
+
+def inline_svg(svg: str) -> str:
+    """An SVG document for embedding in HTML: without the namespace declaration (the HTML parser supplies it), so the
+    page holds no ``http://`` string at all."""
+    return svg.replace(' xmlns="http://www.w3.org/2000/svg"', "", 1)
 
 
 PAGE = """<!doctype html>
@@ -142,7 +175,7 @@ PAGE = """<!doctype html>
 body {{ font-family: sans-serif; margin: 24px auto; max-width: 1100px; color: #222; }}
 h1 {{ font-size: 22px; }} h2 {{ font-size: 17px; margin-top: 28px; }}
 table {{ border-collapse: collapse; margin: 8px 0; }} td, th {{ border: 1px solid #ccc; padding: 4px 10px; }}
-th {{ background: #f3f3f3; }} .grids {{ display: flex; flex-wrap: wrap; gap: 16px; }}
+th {{ background: #f3f3f3; }} td.best {{ background: #e8f4e8; }} .grids {{ display: flex; flex-wrap: wrap; gap: 16px; }}
 figure {{ margin: 0; }} figcaption {{ font-size: 13px; text-align: center; }}
 .note {{ color: #555; font-size: 13px; }} img.grid {{ image-rendering: pixelated; border: 1px solid #ccc; }}
 </style></head><body>
@@ -152,8 +185,15 @@ figure {{ margin: 0; }} figcaption {{ font-size: 13px; text-align: center; }}
 
 
 def write_html(path: str | os.PathLike, title: str, body: str) -> Path:
+    """Write ``body`` into the page template atomically (temporary file + rename; on failure the previous file is
+    left as it was and the temporary file is removed)."""
     path = Path(path)
+    page = PAGE.format(title=html.escape(title), body=body)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(PAGE.format(title=html.escape(title), body=body), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path

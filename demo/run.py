@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import time
@@ -52,6 +53,28 @@ class DemoResult:
     report: Path | None = None
     coefficients: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # "amed NFE 3: no shipped coefficients"
+
+
+class DemoError(RuntimeError):
+    """A demo setting that cannot run (bad numbers, ``--quick`` without shipped coefficients)."""
+
+
+def check_config(cfg: DemoConfig) -> None:
+    """Raise :class:`DemoError` naming the first bad setting."""
+    from ..samplers import SAMPLERS
+
+    if cfg.nfe < 1 or any(int(k) < 1 for k in cfg.chart_nfes):
+        raise DemoError(f"NFEs must be >= 1, got --nfe {cfg.nfe} and --chart-nfes {list(cfg.chart_nfes)}")
+    if cfg.samples < 2 or cfg.chart_samples < 2:
+        raise DemoError(f"--samples ({cfg.samples}) and --chart-samples ({cfg.chart_samples}) must be >= 2 "
+                        "(FD-FMNIST needs a covariance)")
+    if cfg.trajectories < 1 or cfg.batch < 1 or cfg.distill_batch < 1:
+        raise DemoError(f"trajectories ({cfg.trajectories}), batch ({cfg.batch}) and distill_batch "
+                        f"({cfg.distill_batch}) must be >= 1")
+    unknown = [n for n in cfg.solvers if n not in SAMPLERS]
+    if unknown or not cfg.solvers:
+        raise DemoError(f"unknown solvers {unknown or '(none given)'}; choose from {', '.join(sorted(SAMPLERS))}")
 
 
 def _sampler(name: str) -> Callable:
@@ -113,13 +136,31 @@ def _generate(model: Any, name: str, nfe: int, seeds: Sequence[int], coeffs: Any
 
 
 def run_demo(cfg: DemoConfig) -> DemoResult:
-    """Run every phase and write the report folder; returns the measured rows."""
+    """Run every phase and write the report folder; returns the measured rows.  Raises :class:`DemoError` for a bad
+    setting or ``--quick`` without shipped AdaSDE coefficients at the headline NFE (before any work)."""
     from ..loaders import load_model
+
+    check_config(cfg)
+    nfes = sorted(set(int(k) for k in cfg.chart_nfes) | {cfg.nfe})
+    res = DemoResult()
+
+    # -- coefficients: shipped files for every NFE; the headline AdaSDE set is distilled here unless --quick
+    coeffs: dict[tuple[str, int], Any] = {}
+    for kind in LEARNED:
+        if kind not in cfg.solvers:
+            continue
+        for k in nfes:
+            c = _shipped(kind, k)
+            if c is not None:
+                coeffs[(kind, k)] = c
+    if cfg.quick and "adasde" in cfg.solvers and ("adasde", cfg.nfe) not in coeffs:
+        raise DemoError(f"--quick needs shipped AdaSDE coefficients for the built-in model at NFE {cfg.nfe} (none in "
+                        f"the folders of ${_env_var()} or the package's coefficients/data/); run without --quick to "
+                        "distil them")
 
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    res = DemoResult()
     t0 = time.perf_counter()
     model = load_model("builtin:fmnist", device=cfg.device).eval()
     for p in model.parameters():
@@ -127,27 +168,19 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     scorer = FDScorer(cfg.device)
     res.timings["load"] = time.perf_counter() - t0
 
-    # -- coefficients: distil the headline NFE (or reuse the shipped file), shipped files for the chart NFEs
-    coeffs: dict[tuple[str, int], Any] = {}
-    for kind in LEARNED:
-        for k in sorted(set(cfg.chart_nfes) | {cfg.nfe}):
-            c = _shipped(kind, k)
-            if c is not None:
-                coeffs[(kind, k)] = c
-    if not cfg.quick:
+    if not cfg.quick and "adasde" in cfg.solvers:
         t = time.perf_counter()
         coeffs[("adasde", cfg.nfe)] = _distil(model, cfg, out)
         res.coefficients = out / f"adasde-builtin-fmnist-nfe{cfg.nfe}.safetensors"
         res.timings["distill"] = time.perf_counter() - t
-    elif ("adasde", cfg.nfe) not in coeffs:
-        raise SystemExit(f"--quick needs shipped AdaSDE coefficients for NFE {cfg.nfe}; run without --quick")
 
     # -- sample and score
     t = time.perf_counter()
     plan = []
     for name in cfg.solvers:
-        for k in sorted(set(cfg.chart_nfes) | {cfg.nfe}):
+        for k in nfes:
             if name in LEARNED and (name, k) not in coeffs:
+                res.skipped.append(f"{name} NFE {k}: no shipped coefficients")
                 continue
             plan.append((name, k, cfg.samples if k == cfg.nfe else cfg.chart_samples))
     total = sum(n for _, _, n in plan)
@@ -165,8 +198,19 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
                 grids[name] = report.save_grid(imgs[:64], out / f"grid-{name}-nfe{k}.png")
     res.timings["sample"] = time.perf_counter() - t
     res.report = _write_report(cfg, res, coeffs, grids)
-    (out / "results.json").write_text(json.dumps({"rows": res.rows, "timings": res.timings}, indent=2))
+    results = {"nfe": cfg.nfe, "chart_nfes": nfes, "samples": cfg.samples, "chart_samples": cfg.chart_samples,
+               "quick": cfg.quick, "seed": cfg.seed, "rows": res.rows, "timings": res.timings,
+               "skipped": res.skipped, "coefficients": res.coefficients.name if res.coefficients else None}
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2, allow_nan=True))
+    tmp.replace(out / "results.json")
     return res
+
+
+def _env_var() -> str:
+    from ..coefficients.lookup import ENV_VAR
+
+    return ENV_VAR
 
 
 def _distil(model: Any, cfg: DemoConfig, out: Path) -> Any:
@@ -198,51 +242,73 @@ def _distil(model: Any, cfg: DemoConfig, out: Path) -> Any:
 def _write_report(cfg: DemoConfig, res: DemoResult, coeffs: dict, grids: dict[str, Path]) -> Path:
     out = Path(cfg.out)
     head = [r for r in res.rows if r["nfe"] == cfg.nfe]
-    head.sort(key=lambda r: r["fd_fmnist"])
+    head.sort(key=_fd_key)
     table = report.html_table(
         ["solver", "NFE", "FD-FMNIST (lower is better)", "images", "ms / image (CPU)", "coefficients"],
         [[r["solver"], r["nfe"], r["fd_fmnist"], r["n"], r["ms_per_image"],
           "learned" if r["trained"] else "training-free"] for r in head], best_col=2)
+    # one series per solver in the order of cfg.solvers, so every solver keeps its colour (adasde first: red)
     series: dict[str, list[tuple[float, float]]] = {}
-    for r in sorted(res.rows, key=lambda r: r["nfe"]):
-        series.setdefault(r["solver"], []).append((r["nfe"], r["fd_fmnist"]))
+    for name in cfg.solvers:
+        pts = sorted((r["nfe"], r["fd_fmnist"]) for r in res.rows if r["solver"] == name)
+        if pts:
+            series[name] = pts
     chart = report.svg_line_chart(series, "FD-FMNIST against NFE", "NFE (network calls per image)",
                                   "FD-FMNIST (log scale)", log_y=True, highlight="adasde")
     (out / "fd_vs_nfe.svg").write_text(chart)
     c = coeffs.get(("adasde", cfg.nfe))
-    coef_svg = ""
+    coef_html = "<p>No AdaSDE coefficients at this NFE.</p>"
     if c is not None:
         tables = {k: [float(v) for v in getattr(c, k)[:, 0].tolist()] for k in ("r", "a", "c")}
         tables["gamma x 100"] = [100 * float(v) for v in c.gamma[:, 0].tolist()]
         coef_svg = report.coefficient_chart(tables, f"Learned AdaSDE coefficients, NFE {cfg.nfe}")
         (out / "coefficients.svg").write_text(coef_svg)
-    figs = "".join(
-        f'<figure><img class="grid" src="{p.name}" alt="{n} samples" width="300"><figcaption>{n} '
-        f"(NFE {cfg.nfe})</figcaption></figure>" for n, p in grids.items())
+        coef_html = report.inline_svg(coef_svg)
+    figs = "".join(_figure(n, p, cfg.nfe) for n, p in grids.items())
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in res.timings.items())
+    source = ("AdaSDE coefficients were distilled in this run" if not cfg.quick
+              else "AdaSDE coefficients: shipped file (--quick)")
+    amed = ("AMED-Solver uses the shipped coefficients" if any(k[0] == "amed" for k in coeffs)
+            else "AMED-Solver was not run: no shipped AMED coefficients for this model")
+    skipped = (f'<p class="note">Not run (no coefficients): {html.escape("; ".join(res.skipped))}.</p>'
+               if res.skipped else "")
     body = f"""
 <h1>adasde demo: AdaSDE against training-free solvers at {cfg.nfe} network calls</h1>
 <p>Built-in Fashion-MNIST diffusion model (EDM-preconditioned U-Net trained by this project), same seeds and initial
 noise for every solver. Quality is FD-FMNIST: the Frechet distance between generated images and the Fashion-MNIST
 test set in the feature space of our Fashion-MNIST classifier. It is <b>not FID</b> and not comparable to published
-numbers. {"AdaSDE coefficients were distilled in this run." if not cfg.quick else
-"AdaSDE coefficients: shipped file (--quick)."} AMED uses the shipped coefficients.</p>
+numbers. {source}; {amed}.</p>
 <h2>Results at NFE {cfg.nfe}</h2>
 {table}
+{skipped}
 <h2>FD-FMNIST against NFE</h2>
-<div id="chart">{chart}</div>
-<h2>Samples at NFE {cfg.nfe} (first 64 seeds)</h2>
+<div id="chart">{report.inline_svg(chart)}</div>
+<h2>Samples at NFE {cfg.nfe} (first {min(64, cfg.samples)} seeds)</h2>
 <div class="grids">{figs}</div>
 <h2>Learned coefficients</h2>
-<div id="coefficients">{coef_svg}</div>
-<p class="note">Timings on this machine: {timing}. Chart points at other NFEs use {cfg.chart_samples} images and the
-shipped coefficients; the headline row uses {cfg.samples} images.</p>
+<div id="coefficients">{coef_html}</div>
+<p class="note">Timings on this machine: {timing}. Chart points at other NFEs use {cfg.chart_samples} images and, for
+the learned solvers, the shipped coefficients; the headline rows use {cfg.samples} images.</p>
 """
     return report.write_html(out / "report.html", "adasde demo", body)
 
 
+def _figure(name: str, path: Path, nfe: int) -> str:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        w, h = im.size
+    return (f'<figure><img class="grid" src="{html.escape(path.name)}" alt="{html.escape(name)} samples" width="{w}" '
+            f'height="{h}"><figcaption>{html.escape(name)} (NFE {nfe})</figcaption></figure>')
+
+
+def _fd_key(r: dict[str, Any]) -> float:
+    return r["fd_fmnist"] if math.isfinite(r["fd_fmnist"]) else math.inf
+
+
 def format_table(rows: list[dict[str, Any]], nfe: int) -> str:
-    head = sorted((r for r in rows if r["nfe"] == nfe), key=lambda r: r["fd_fmnist"])
+    """The headline rows (NFE ``nfe``) as a plain-text table, best FD-FMNIST first."""
+    head = sorted((r for r in rows if r["nfe"] == nfe), key=_fd_key)
     lines = [f"{'solver':<10} {'NFE':>4} {'FD-FMNIST':>10} {'images':>7} {'ms/img':>8}"]
     for r in head:
         fd = r["fd_fmnist"]
