@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from .base import ModelSpecError
 
@@ -94,3 +96,13 @@ class PromptCondition:
 
     def __call__(self, seeds: Sequence[int]) -> dict[str, Any]:
         return condition_args(prompts_for_seeds(self.prompts, seeds), self.cfg, self.negative_prompt)
+
+    def distill_condition(self, batch: int) -> Callable[[int, torch.Generator], dict[str, Any]]:
+        """``condition_fn(iteration, rng)`` for ``adasde.distill.distill``: ``batch`` prompts drawn with ``rng``
+        (so a resumed or multi-rank run sees the same prompts per iteration)."""
+
+        def fn(iteration: int, rng: torch.Generator) -> dict[str, Any]:
+            idx = torch.randint(len(self.prompts), (batch,), generator=rng).tolist()
+            return condition_args([self.prompts[i] for i in idx], self.cfg, self.negative_prompt)
+
+        return fn

@@ -69,7 +69,8 @@ def tiny_sd_components(tmp: Path, seed: int = 0, prediction_type: str = "epsilon
     text = CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=8,
                                         intermediate_size=16, num_attention_heads=2, num_hidden_layers=2,
                                         vocab_size=len(tok.get_vocab()) + 2, max_position_embeddings=16))
-    sched = DDIMScheduler(**SD_BETAS, prediction_type=prediction_type, clip_sample=False, set_alpha_to_one=False)
+    sched = DDIMScheduler(**SD_BETAS, prediction_type=prediction_type, clip_sample=False, set_alpha_to_one=False,
+                          steps_offset=1)
     return {"unet": unet, "vae": vae, "text_encoder": text, "tokenizer": tok, "scheduler": sched,
             "safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
