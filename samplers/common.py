@@ -167,8 +167,10 @@ class SeededNoise:
         self.gens = [torch.Generator(device="cpu").manual_seed((s * 1_000_003 + salt) % (2**63)) for s in seeds]
 
     def __call__(self, sigma: Any = None, sigma_next: Any = None) -> torch.Tensor:
-        z = torch.stack([torch.randn(self.shape, generator=g, dtype=torch.float32) for g in self.gens])
-        return z.to(device=self.device, dtype=self.dtype)
+        z = torch.empty((len(self.gens), *self.shape), dtype=torch.float32)
+        for row, g in zip(z, self.gens):  # in place: same values as torch.randn(shape, generator=g), no stack copy
+            row.normal_(generator=g)
+        return z.to(device=self.device, dtype=self.dtype, non_blocking=True)
 
 
 def default_noise_sampler(x: torch.Tensor, extra_args: dict | None, noise_sampler: NoiseSampler | None) -> NoiseSampler:
@@ -201,10 +203,10 @@ def churn(
         alpha = (1 - sigma_hat) / (1 - sigma) if not (isinstance(sigma, float) and sigma >= 1.0) else 1.0
         var = sigma_hat**2 - (alpha * sigma) ** 2
         std = torch.sqrt(torch.clamp(torch.as_tensor(var), min=0)) if torch.is_tensor(var) else math.sqrt(max(var, 0.0))
-        return alpha * x + s_noise * std * noise
+        return axpy(x * alpha, s_noise * std, noise)
     var = sigma_hat**2 - sigma**2
     std = torch.sqrt(torch.clamp(var, min=0)) if torch.is_tensor(var) else math.sqrt(max(var, 0.0))
-    return x + s_noise * std * noise
+    return axpy(x, s_noise * std, noise)
 
 
 def afs_direction(x: torch.Tensor, sigma: torch.Tensor | float, flow: bool = False) -> torch.Tensor:
