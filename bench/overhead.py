@@ -179,10 +179,11 @@ def report(res: dict[str, Any]) -> str:
     note = (
         "\n\nA step of a 2-NFE solver (heun, dpm_2, adasde, amed) does two model calls' worth of updates, so its "
         "ratio per step is naturally near 2 and its ratio per NFE near 1.  The churn noise of trained AdaSDE comes "
-        "from the host's `noise_sampler` when it passes one (ComfyUI / A1111 do; its cost is the host's, like the "
-        "model's), else from our per-sample seeded CPU generators (batch- and device-independent noise, "
-        "ALGORITHMS.md section 3.4), one N(0, I) latent per step after the first: that draw is pure RNG time and "
-        "does not shrink with the solver.  With a real model (tens of ms per call) all of these are negligible.\n"
+        "from the host's `noise_sampler` when it passes one (e.g. A1111's k-diffusion wrapper with Brownian noise; "
+        "its cost is the host's, like the model's), else from our per-sample seeded CPU generators (batch- and "
+        "device-independent noise, ALGORITHMS.md section 3.4), one N(0, I) latent per step after the first: that "
+        "draw is pure RNG time and does not shrink with the solver.  With a real model (tens of ms per call) all of "
+        "these are negligible.\n"
     )
     return head + table + note
 

@@ -163,6 +163,11 @@ def test_untrained_adasde_amed_and_plugin_dpm2_are_dpm_solver_2() -> None:
     assert torch.equal(SAMPLERS["adasde"](m, x.clone(), GRID, disable=True), ref)
     assert torch.equal(SAMPLERS["amed"](m, x.clone(), GRID, disable=True), ref)
     assert torch.equal(sample_amed_plugin(m, x.clone(), GRID, base="dpm_2", disable=True), ref)
+    record = Coefficients.untrained(GRID, afs=False)  # explicit r = 0.5, a = c = 1, gamma = 0 tables
+    torch.testing.assert_close(SAMPLERS["adasde"](m, x.clone(), GRID, coeffs=record, extra_args={"seed": 0},
+                                                  disable=True), ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(SAMPLERS["amed"](m, x.clone(), GRID, coeffs=record, disable=True), ref,
+                               rtol=1e-12, atol=1e-12)
     x32 = x.float()
     torch.testing.assert_close(SAMPLERS["adasde"](m, x32.clone(), GRID.float(), disable=True),
                                B.sample_dpm_2(m, x32.clone(), GRID.float(), disable=True), rtol=1e-6, atol=1e-5)
