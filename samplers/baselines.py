@@ -2,7 +2,8 @@
 
 Every sampler follows the k-diffusion contract (docs/ARCHITECTURE.md): ``sample_NAME(model, x, sigmas, extra_args=None,
 callback=None, disable=None, **options)``; the loop itself is :func:`common.run_steps`, each solver only supplies its
-step.  ``afs=True`` replaces the first model call by the analytical first step (``common.afs_direction``).
+step.  ``afs=True`` replaces the first model call by the analytical first step (``common.afs_direction``; ``flow``: its
+flow-model form, auto-detected when None).
 
 NFE on an N-point positive grid (section 3.3; +1 when the grid ends in 0, -1 with AFS):
 euler, ipndm, dpmpp_2m, dpmpp_3m, unipc: N - 1; heun, dpm_2: 2 (N - 1).
@@ -193,7 +194,7 @@ def unipc_coefficients(
 @torch.no_grad()
 def sample_euler(
     model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None, callback: Any = None,
-    disable: bool | None = None, afs: bool = False, flow: bool = False,
+    disable: bool | None = None, afs: bool = False, flow: bool | None = None,
 ) -> torch.Tensor:
     """Euler / DDIM (section 5), 1 NFE per step."""
     s, zero = prepare_grid(sigmas)
@@ -204,7 +205,7 @@ def sample_euler(
 @torch.no_grad()
 def sample_heun(
     model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None, callback: Any = None,
-    disable: bool | None = None, afs: bool = False, flow: bool = False,
+    disable: bool | None = None, afs: bool = False, flow: bool | None = None,
 ) -> torch.Tensor:
     """EDM Heun (section 5), 2 NFE per step (odd NFE with ``afs``)."""
     extra_args = {} if extra_args is None else extra_args
@@ -216,7 +217,7 @@ def sample_heun(
 @torch.no_grad()
 def sample_dpm_2(
     model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None, callback: Any = None,
-    disable: bool | None = None, r: float = 0.5, afs: bool = False, flow: bool = False,
+    disable: bool | None = None, r: float = 0.5, afs: bool = False, flow: bool | None = None,
 ) -> torch.Tensor:
     """Generalised DPM-Solver-2 (section 5): r = 0.5 is the midpoint method (k-diffusion ``dpm_2``), r = 1 is Heun.
     2 NFE per step."""
@@ -231,7 +232,7 @@ def sample_dpm_2(
 @torch.no_grad()
 def sample_ipndm(
     model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None, callback: Any = None,
-    disable: bool | None = None, max_order: int = 4, afs: bool = False, flow: bool = False,
+    disable: bool | None = None, max_order: int = 4, afs: bool = False, flow: bool | None = None,
 ) -> torch.Tensor:
     """iPNDM (section 5): fixed-weight Adams-Bashforth on d, order growing with the history up to ``max_order`` <= 4.
     1 NFE per step."""
@@ -251,7 +252,7 @@ def sample_ipndm(
 
 def _sample_dpmpp(
     model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None, callback: Any, disable: bool | None,
-    max_order: int, predict_x0: bool, lower_order_final: bool, afs: bool, thresholding: bool, flow: bool,
+    max_order: int, predict_x0: bool, lower_order_final: bool, afs: bool, thresholding: bool, flow: bool | None,
     taylor_d2: bool = False,
 ) -> torch.Tensor:
     s, zero = prepare_grid(sigmas)
@@ -280,7 +281,7 @@ def _sample_dpmpp(
 def sample_dpmpp_2m(
     model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None, callback: Any = None,
     disable: bool | None = None, predict_x0: bool = True, lower_order_final: bool = False, afs: bool = False,
-    thresholding: bool = False, flow: bool = False,
+    thresholding: bool = False, flow: bool | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (section 5), 1 NFE per step.  ``predict_x0=False``: the noise-prediction form used for LDM/SD;
     ``lower_order_final``: order = min(2, steps remaining); ``thresholding``: dynamic thresholding of D (pixel models
@@ -293,7 +294,7 @@ def sample_dpmpp_2m(
 def sample_dpmpp_3m(
     model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None, callback: Any = None,
     disable: bool | None = None, predict_x0: bool = True, lower_order_final: bool = False, afs: bool = False,
-    thresholding: bool = False, taylor_d2: bool = False, flow: bool = False,
+    thresholding: bool = False, taylor_d2: bool = False, flow: bool | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(3M) (section 5), 1 NFE per step; options as :func:`sample_dpmpp_2m`.
 
@@ -310,7 +311,7 @@ def sample_dpmpp_3m(
 def sample_unipc(
     model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None, callback: Any = None,
     disable: bool | None = None, max_order: int = 3, predict_x0: bool = True, variant: str = "bh2",
-    lower_order_final: bool = False, afs: bool = False, flow: bool = False,
+    lower_order_final: bool = False, afs: bool = False, flow: bool | None = None,
 ) -> torch.Tensor:
     """UniPC (section 5): UniP-p predictor plus UniC corrector (order p + 1), p = min(max_order, history + 1) <= 3.
 

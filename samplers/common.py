@@ -258,16 +258,19 @@ def run_steps(
     callback: Callable[[dict], Any] | None = None,
     disable: bool | None = None,
     afs: bool = False,
-    flow: bool = False,
+    flow: bool | None = False,
     ends_in_zero: bool = False,
 ) -> torch.Tensor:
     """The loop shared by the deterministic solvers (docs/ARCHITECTURE.md, sampler contract).
 
     For each interval ``s[i] -> s[i + 1]`` of the positive grid: ``D(x; s[i])`` from one model call (AFS on step 0:
-    :func:`afs_denoised`, no call; or the value the previous step handed back), then ``step(i, x, denoised) ->
+    :func:`afs_denoised`, no call, flow form auto-detected when ``flow`` is None; or the value the previous step
+    handed back), then ``step(i, x, denoised) ->
     (x_next, D(x_next; s[i + 1]) or None)`` and the callback.  A trailing 0 adds the final call ``x = D(x; s[-1])``.
     """
     extra_args = {} if extra_args is None else extra_args
+    if afs and flow is None:
+        flow = is_flow_model(model)
     s_in = batch_ones(x)
     denoised = None
     for i in trange(len(s) - 1, disable=disable):

@@ -119,6 +119,13 @@ def test_afs_replaces_the_first_model_call() -> None:
     torch.testing.assert_close(out, x + (s1 - s0) * x / math.sqrt(1 + s0**2))
     torch.testing.assert_close(afs_direction(x, 0.5, flow=True), x / 0.5)
 
+    class Flow(DiagGaussian):
+        flow = True
+
+    flow_grid = torch.tensor([1.0, 0.5], dtype=torch.float64)  # flow AFS (D ~ 0): d_0 = x / sigma, auto-detected
+    for name in ("euler", "dpmpp_2m", "unipc", "ipndm"):
+        torch.testing.assert_close(SAMPLERS[name](Flow(), x.clone(), flow_grid, afs=True, disable=True), 0.5 * x)
+
 
 # --------------------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
