@@ -1,7 +1,24 @@
 """Host-free samplers in the k-diffusion calling convention (docs/ARCHITECTURE.md, ALGORITHMS.md).
 
 ``SAMPLERS`` maps a name to ``sample_NAME(model, x, sigmas, extra_args=None, callback=None, disable=None, **options)``;
-``nfe(name, sigmas, **options)`` gives its exact number of model calls.
+``nfe(name, sigmas, **options)`` gives its exact number of model calls (N positive grid points; +1 with a trailing 0,
+-1 with AFS):
+
+==============  =====================  ==============================================================================
+name            NFE                    options
+==============  =====================  ==============================================================================
+euler           N - 1                  afs
+heun            2 (N - 1)              afs
+dpm_2           2 (N - 1)              r (0.5 midpoint, 1 Heun), afs
+dpmpp_2m/_3m    N - 1                  predict_x0, lower_order_final, thresholding, taylor_d2 (3m), afs
+ipndm           N - 1                  max_order <= 4, afs
+unipc           N - 1                  max_order <= 3, predict_x0, variant bh2/bh1, lower_order_final, afs
+adasde          (1 + K)(N - 1)         coeffs, afs, noise_sampler, s_noise, flow; extra_args["seed"] per sample
+amed            2 (N - 1)              predictor, features, coeffs, afs
+amed_plugin     2 (N - 1)              base euler/dpm_2/ipndm/dpmpp, predictor, features, coeffs, max_order, ...
+==============  =====================  ==============================================================================
+
+Differentiable single steps for distillation: ``adasde_step``, ``amed_step``, ``plugin_step`` (+ ``PluginHistory``).
 """
 
 from .adasde import CoefficientMismatchWarning, adasde_points, adasde_step, resolve_tables, sample_adasde

@@ -285,7 +285,8 @@ def sample_dpmpp_2m(
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (section 5), 1 NFE per step.  ``predict_x0=False``: the noise-prediction form used for LDM/SD;
     ``lower_order_final``: order = min(2, steps remaining); ``thresholding``: dynamic thresholding of D (pixel models
-    in [-1, 1] only)."""
+    in [-1, 1] only; the diff-solvers reference applies it in data-prediction mode, so set it to reproduce their
+    pixel-space tables; off by default because it breaks latent models)."""
     return _sample_dpmpp(model, x, sigmas, extra_args, callback, disable, 2, predict_x0, lower_order_final, afs,
                          thresholding, flow)
 
