@@ -327,6 +327,10 @@ def _setup(
 ) -> tuple[nn.Module | None, dict[str, list], bool]:
     """Predictor (given, or the one stored in ``coeffs``), constant rows fitted to the grid and AFS."""
     tables = resolve_tables(coeffs, s, afs=afs)
+    if tables.K != 1:
+        name = getattr(coeffs, "source", None) or "the coefficient set"
+        raise ValueError(f"AMED uses one inserted point per step, but {name} has K={tables.K}; sample it with "
+                         f"sample_adasde or distil AMED coefficients (K=1)")
     if predictor is None and coeffs is not None and getattr(coeffs, "predictor", None):
         predictor = AMEDPredictor.from_coefficients(coeffs) if tables.trained else None  # mismatch: untrained
     if predictor is not None:

@@ -163,6 +163,13 @@ def test_constant_amed_is_adasde_without_churn() -> None:
                                rtol=1e-12, atol=1e-10)
 
 
+def test_amed_rejects_multi_point_records() -> None:
+    co = _coeffs(GRID, K=2)
+    co.source = "k2.safetensors"
+    with pytest.raises(ValueError, match="k2.safetensors has K=2"):
+        sample_amed(DiagGaussian(), 80.0 * torch.randn(2, 6, dtype=torch.float64), GRID, coeffs=co, disable=True)
+
+
 def test_amed_step_trains_the_predictor() -> None:
     """The distillation path: gradients reach every predictor parameter through amed_step."""
     net, model, x = _trained_predictor(), Hooked(), _x()
