@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_loaders_fixtures import ddpm_dir, make_ddpm_folder, make_sdxl_folder, sd_dir, tiny_unet2d  # noqa: F401
-
 from adasde.loaders import ModelSpecError, load_model
 from adasde.samplers import get_sigmas, sample_adasde
+from test_loaders_fixtures import ddpm_dir, make_ddpm_folder, make_sdxl_folder, sd_dir, tiny_unet2d  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +43,7 @@ def test_vp_conversion_matches_diffusers_scheduler(tmp_path: Path, prediction: s
     sched = DDPMScheduler.from_config({**sched.config, "clip_sample": False})
     i = 537
     sigma = float(((1 - sched.alphas_cumprod[i].double()) / sched.alphas_cumprod[i].double()).sqrt())
-    assert abs(float(den.param.timestep(torch.tensor([sigma], dtype=torch.float64))) - i) < 1e-3  # diffusers: float32 table
+    assert abs(float(den.param.timestep(torch.tensor([sigma], dtype=torch.float64))) - i) < 1e-3  # float32 table
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         got = den(x, torch.tensor([sigma, sigma]))
