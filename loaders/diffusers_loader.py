@@ -653,6 +653,11 @@ def _load_folder(path: str | Path, device: torch.device | str | None, dtype: tor
     if unet_cls not in ("UNet2DModel", "UNet2DConditionModel"):
         raise ModelSpecError(f"{root}: unet is a {unet_cls}; supported: UNet2DModel, UNet2DConditionModel")
     text = "text_encoder" in components
+    if unet_cls == "UNet2DConditionModel" and not text:
+        raise ModelSpecError(
+            f"{root}: a UNet2DConditionModel needs its text encoder(s); give the whole StableDiffusionPipeline / "
+            "StableDiffusionXLPipeline folder (model_index.json with unet, vae, text_encoder, tokenizer, scheduler)"
+        )
     if text and "StableDiffusion" not in index_class:
         raise ModelSpecError(f"{root}: text-conditioned pipeline {index_class!r} is not supported "
                              "(StableDiffusionPipeline, StableDiffusionXLPipeline)")
