@@ -34,8 +34,8 @@ from .common import (
     inserted_point,
     is_flow_model,
     lincomb,
+    model_sigma,
     prepare_grid,
-    sigma_input,
 )
 
 log = logging.getLogger("adasde")
@@ -89,28 +89,33 @@ def _grid_match(host: list[float], trained: list[float]) -> int | None:
     return o
 
 
-def _check_tables(coeffs: Any) -> None:
-    """Shapes and values of a coefficient record; the error names the file and the fix."""
+def _check_tables(coeffs: Any) -> list[float]:
+    """Shapes and values of a coefficient record (one pass over the small tables, no per-table tensor ops); the error
+    names the file and the fix.  Returns the trained grid as floats."""
     name = getattr(coeffs, "source", None) or "the coefficient set"
     fix = "re-export or re-distil the coefficients"
-    sig = torch.as_tensor(coeffs.sigmas).flatten()
-    steps = sig.numel() - 1
-    for k in ("r", "a", "c", "gamma", "w"):
-        t = getattr(coeffs, k, None)
+    sig = [float(v) for v in torch.as_tensor(coeffs.sigmas).detach().flatten().tolist()]
+    steps = len(sig) - 1
+    tables = {k: getattr(coeffs, k, None) for k in ("r", "a", "c", "gamma", "w")}
+    K = tables["r"].shape[1] if torch.is_tensor(tables["r"]) and tables["r"].ndim == 2 else None
+    for k, t in tables.items():
         if not torch.is_tensor(t) or t.ndim != 2 or t.shape[0] != steps:
             shape = tuple(t.shape) if torch.is_tensor(t) else type(t).__name__
             raise ValueError(
                 f"{name}: table {k!r} has shape {shape}, expected [steps={steps}, K] for its {steps + 1}-point sigma "
                 f"grid; {fix}"
             )
-        if t.shape[1] != coeffs.r.shape[1]:
-            raise ValueError(f"{name}: table {k!r} has K={t.shape[1]} but 'r' has K={coeffs.r.shape[1]}; {fix}")
-        if not torch.isfinite(t).all():
-            raise ValueError(f"{name}: table {k!r} contains non-finite values {t.flatten().tolist()}; {fix}")
-    if steps < 1 or not torch.isfinite(sig).all() or (sig <= 0).any() or (sig[1:] >= sig[:-1]).any():
-        raise ValueError(f"{name}: its sigma grid {sig.tolist()} is not a strictly decreasing positive grid; {fix}")
-    if ((coeffs.r < 0) | (coeffs.r > 1)).any():
-        raise ValueError(f"{name}: r must lie in [0, 1], got {coeffs.r.flatten().tolist()}; {fix}")
+        if t.shape[1] != K:
+            raise ValueError(f"{name}: table {k!r} has K={t.shape[1]} but 'r' has K={K}; {fix}")
+    values = {k: t.detach().flatten().tolist() for k, t in tables.items()}
+    for k, v in values.items():
+        if not all(math.isfinite(u) for u in v):
+            raise ValueError(f"{name}: table {k!r} contains non-finite values {v}; {fix}")
+    if steps < 1 or not all(math.isfinite(v) and v > 0 for v in sig) or any(b >= a for a, b in zip(sig, sig[1:])):
+        raise ValueError(f"{name}: its sigma grid {sig} is not a strictly decreasing positive grid; {fix}")
+    if not all(0 <= u <= 1 for u in values["r"]):
+        raise ValueError(f"{name}: r must lie in [0, 1], got {values['r']}; {fix}")
+    return sig
 
 
 def resolve_tables(
@@ -130,8 +135,7 @@ def resolve_tables(
     steps = len(grid) - 1
     if coeffs is None:
         return untrained_tables(steps, afs=bool(afs))
-    _check_tables(coeffs)
-    trained_grid = [float(v) for v in torch.as_tensor(coeffs.sigmas).flatten().tolist()]
+    trained_grid = _check_tables(coeffs)
     offset = _grid_match(grid, trained_grid)
     if offset is None:
         name = getattr(coeffs, "source", None) or "the coefficient set"
@@ -244,7 +248,7 @@ def adasde_step(
         denoised = None
         diff = x_hat - afs_denoised(x_hat, sigma_hat, flow=flow)
     else:
-        denoised = model(x_hat, sigma_input(sigma_hat, x.new_ones([x.shape[0]])), **(extra_args or {}))
+        denoised = model(x_hat, model_sigma(sigma_hat, x), **(extra_args or {}))
         diff = x_hat - denoised
     x_next = adasde_points(model, x_hat, sigma_hat, sigma_next, diff, r, a, c, w, extra_args)
     return x_next, denoised, sigma_hat

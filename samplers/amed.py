@@ -25,14 +25,13 @@ from .baselines import ab_direction, dpm2_step, dpmpp_weights
 from .common import (
     afs_denoised,
     axpy,
-    batch_ones,
     bcast,
     inserted_point,
     is_flow_model,
     lincomb,
+    model_sigma,
     prepare_grid,
     run_steps,
-    sigma_input,
 )
 
 PLUGIN_BASES = ("euler", "dpm_2", "ipndm", "dpmpp")
@@ -231,7 +230,7 @@ def amed_step(
     if afs:
         denoised = afs_denoised(x, sigma, flow)
     elif denoised is None:
-        denoised = model(x, sigma * batch_ones(x), **extra_args)
+        denoised = model(x, model_sigma(sigma, x), **extra_args)
     r, c, a = predict_coefficients(predictor, features, x, sigma, sigma_next, called, r, c, a)
     x_next = adasde_points(model, x, sigma, sigma_next, x - denoised, _column(r), _column(a), _column(c), 1.0,
                            extra_args)
@@ -297,7 +296,7 @@ def plugin_step(
         d = (x - denoised) / sigma
         x_s = axpy(x, sm - sigma, ab_direction(d, hist.d, order(len(hist.d), 0)))
         hist.d.append(d)
-        den_s = model(x_s, sigma_input(a * sm, batch_ones(x)), **extra_args)
+        den_s = model(x_s, model_sigma(a * sm, x), **extra_args)
         d_s = (x_s - den_s) / bcast(sm, x)
         x_next = axpy(x_s, c * (sigma_next - sm), ab_direction(d_s, hist.d, order(len(hist.d), 1)))
         hist.d.append(d_s)
@@ -310,7 +309,7 @@ def plugin_step(
     x_s = lincomb([(k, x), (w[0], m)] + [(w[j], hist.m[-j]) for j in range(1, o)])
     hist.m.append(m)
     hist.s.append(sigma)
-    den_s = model(x_s, sigma_input(a * sm, batch_ones(x)), **extra_args)
+    den_s = model(x_s, model_sigma(a * sm, x), **extra_args)
     m_s = den_s if predict_x0 else (x_s - den_s) / bcast(sm, x)
     o = order(len(hist.m), 1)
     k, w = dpmpp_weights(hist.s, sm, sigma_next, o, predict_x0, taylor_d2)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .common import axpy, batch_ones, inserted_point, lincomb, prepare_grid, run_steps
+from .common import axpy, inserted_point, lincomb, model_sigma, prepare_grid, run_steps
 
 Num = torch.Tensor | float
 
@@ -57,7 +57,7 @@ def heun_step(
     h = sigma_next - sigma
     diff = x - denoised
     x_e = axpy(x, h / sigma, diff)
-    diff_e = x_e - model(x_e, sigma_next * batch_ones(x), **extra_args)
+    diff_e = x_e - model(x_e, model_sigma(sigma_next, x), **extra_args)
     return lincomb([(1.0, x), (h / (2 * sigma), diff), (h / (2 * sigma_next), diff_e)])
 
 
@@ -324,7 +324,6 @@ def sample_unipc(
         raise ValueError(f"unipc: variant must be 'bh1' or 'bh2', got {variant!r}")
     extra_args = {} if extra_args is None else extra_args
     s, zero = prepare_grid(sigmas)
-    s_in = batch_ones(x)
     hist_m: list[torch.Tensor] = []
     hist_s: list[float] = []
     state: dict[str, torch.Tensor | None] = {"m": None}
@@ -348,7 +347,7 @@ def sample_unipc(
         den_next = None
         state["m"] = None
         if i < last:  # corrector with the model output at the predicted point, reused by the next step
-            den_next = model(x_next, s[i + 1] * s_in, **extra_args)
+            den_next = model(x_next, model_sigma(s[i + 1], x), **extra_args)
             m_t = to_m(x_next, den_next, s[i + 1])
             w0 = -S * h_phi_1 + S * B_h * (sum(p / rk for p, rk in zip(rhos_c, rks)) + rhos_c[-1])
             terms = [(k, x), (w0, m0), (-S * B_h * rhos_c[-1], m_t)]

@@ -70,6 +70,13 @@ def bcast(v: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor | float:
     return v
 
 
+def model_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    """The ``[B]`` sigma vector for ``model(x, sigma_vec)``: one fill for a number, a broadcast for 0-d / ``[B]``."""
+    if isinstance(sigma, (int, float)):
+        return x.new_full((x.shape[0],), sigma)
+    return sigma_input(sigma, batch_ones(x))
+
+
 def sigma_input(sigma: torch.Tensor | float, s_in: torch.Tensor) -> torch.Tensor:
     """The ``[B]`` sigma vector passed to the model (scalar or per-sample sigma)."""
     if torch.is_tensor(sigma):
@@ -245,7 +252,7 @@ def inserted_point(
     ``sigma``, ``s`` and ``a`` may be numbers or per-sample ``[B]`` tensors.
     """
     x_s = axpy(x, (s - sigma) / sigma, diff)
-    den_s = model(x_s, sigma_input(a * s, batch_ones(x)), **(extra_args or {}))
+    den_s = model(x_s, model_sigma(a * s, x), **(extra_args or {}))
     return x_s, den_s, x_s - den_s
 
 
@@ -271,11 +278,10 @@ def run_steps(
     extra_args = {} if extra_args is None else extra_args
     if afs and flow is None:
         flow = is_flow_model(model)
-    s_in = batch_ones(x)
     denoised = None
     for i in trange(len(s) - 1, disable=disable):
         if denoised is None:
-            denoised = afs_denoised(x, s[0], flow) if afs and i == 0 else model(x, s[i] * s_in, **extra_args)
+            denoised = afs_denoised(x, s[0], flow) if afs and i == 0 else model(x, model_sigma(s[i], x), **extra_args)
         x, next_denoised = step(i, x, denoised)
         if callback is not None:
             callback({"i": i, "x": x, "denoised": denoised, "sigma": s[i], "sigma_hat": s[i]})
@@ -289,7 +295,7 @@ def denoise_to_zero(
     model: Any, x: torch.Tensor, sigma: float, i: int, extra_args: dict | None, callback: Callable[[dict], Any] | None
 ) -> torch.Tensor:
     """The last interval ``sigma -> 0`` of a grid ending in 0: ``x = D(x; sigma)`` (1 NFE, k-diffusion convention)."""
-    denoised = model(x, sigma * batch_ones(x), **(extra_args or {}))
+    denoised = model(x, model_sigma(sigma, x), **(extra_args or {}))
     if callback is not None:
         callback({"i": i, "x": denoised, "denoised": denoised, "sigma": sigma, "sigma_hat": sigma})
     return denoised
