@@ -14,6 +14,8 @@ and reports the imaginary part it discards.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +53,16 @@ def _as_f64(a: Any, name: str) -> np.ndarray:
     return a
 
 
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    prev = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
 def _psd_factor(S: np.ndarray) -> tuple[np.ndarray, int]:
     """F with S = F F^T (F: d x r, r = numerical rank) by LAPACK's pivoted Cholesky ``dpstrf``."""
     d = S.shape[0]
@@ -62,6 +74,21 @@ def _psd_factor(S: np.ndarray) -> tuple[np.ndarray, int]:
     F = np.zeros((d, rank))
     F[piv - 1] = U.T  # S = P U^T U P^T, P[piv[i]-1, i] = 1
     return F, int(rank)
+
+
+def _factor_either(s1: np.ndarray, s2: np.ndarray, diag: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(F, S_other) with F F^T one of the covariances: plain Cholesky of whichever is positive definite (the
+    reference, second, is tried first: usually from the most images), else pivoted Cholesky of S_1 (both singular).
+    tr sqrt(S_1 S_2) = tr sqrt(S_2 S_1), so either order gives the same distance."""
+    d = s1.shape[0]
+    for name, S, other in (("sigma2", s2, s1), ("sigma1", s1, s2)):
+        L, info = torch.linalg.cholesky_ex(torch.from_numpy(S))
+        if int(info) == 0:
+            diag.update(factor=f"cholesky({name})", rank1=d if name == "sigma1" else None)
+            return L.numpy(), other
+    F, rank = _psd_factor(s1)
+    diag.update(factor="pivoted-cholesky(sigma1)", rank1=rank)
+    return F, s2
 
 
 def frechet_distance(
@@ -107,12 +134,19 @@ def frechet_distance(
             w, V = np.linalg.eigh(s1)
             diag["min_eig_sigma1"] = float(w.min())
             w = np.clip(w, 0.0, None)
-            A = (V * np.sqrt(w)) @ V.T  # symmetric sqrt(S_1)
+            A, other = (V * np.sqrt(w)) @ V.T, s2  # symmetric sqrt(S_1)
             diag["rank1"] = int(np.sum(w > d * np.finfo(np.float64).eps * max(w.max(), 0.0)))
         else:
-            A, diag["rank1"] = _psd_factor(s1)
-        M = A.T @ s2 @ A
-        ev = scipy.linalg.eigh((M + M.T) / 2, eigvals_only=True, driver="evr") if M.size else np.zeros(0)
+            A, other = _factor_either(s1, s2, diag)
+        if diag.get("factor", "").startswith("cholesky"):  # A lower triangular: two triangular products (BLAS trmm)
+            trmm = scipy.linalg.blas.dtrmm
+            B = trmm(1.0, A, other.T, side=1, lower=1)  # S A (S symmetric: S.T is a free Fortran view)
+            M = torch.from_numpy(trmm(1.0, A, B, side=0, lower=1, trans_a=1, overwrite_b=1))  # A^T S A
+        else:
+            At = torch.from_numpy(np.ascontiguousarray(A))
+            M = At.T @ torch.from_numpy(other) @ At
+        with _torch_threads(1):  # tridiagonalisation is level-2 bound; threads only spin on a busy machine
+            ev = torch.linalg.eigvalsh((M + M.T) / 2).numpy() if M.numel() else np.zeros(0)
         neg = ev[ev < 0]
         scale = float(np.abs(ev).max()) if ev.size else 0.0
         diag["clipped_negative"] = float(neg.min()) if neg.size else 0.0

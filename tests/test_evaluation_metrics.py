@@ -55,7 +55,13 @@ def test_frechet_matches_scipy_sqrtm_random_and_singular():
             res = frechet_distance(mu1, s1, mu2, s2, method=method)
             assert res.value == pytest.approx(ref, rel=1e-6), (n, method)
             assert res.diagnostics["max_imag"] == 0.0
-        assert frechet_distance(mu1, s1, mu2, s2).diagnostics["rank1"] == min(d, n - 1)
+        assert frechet_distance(mu1, s1, mu2, s2).diagnostics["factor"] == "cholesky(sigma2)"
+        assert frechet_distance(mu2, s2, mu1, s1).value == pytest.approx(ref, rel=1e-6)  # symmetric
+    # both covariances singular (10 and 12 samples in 24-d): pivoted Cholesky, agrees with the exact eigh route
+    s1, s2 = _rand_cov(rng, d, 10), _rand_cov(rng, d, 12)
+    res = frechet_distance(np.zeros(d), s1, np.ones(d), s2)
+    assert res.diagnostics["factor"] == "pivoted-cholesky(sigma1)" and res.diagnostics["rank1"] == 9
+    assert res.value == pytest.approx(frechet_distance(np.zeros(d), s1, np.ones(d), s2, method="eigh").value, rel=1e-7)
     # both singular: the eigen route stays real and agrees with the rank-aware closed form on a shared subspace
     s = np.diag([2.0, 3.0, 0.0, 0.0])
     res = frechet_distance(np.zeros(4), s, np.zeros(4), 4 * s)
