@@ -419,3 +419,168 @@ def test_fid_nodes_reference_and_accumulation(comfy: Server) -> None:
     want = float(frechet_distance(gen.mu, gen.sigma, want_ref.mu, want_ref.sigma))
     assert abs(r2["value"] - want) <= 1e-3 * max(1.0, abs(want)), (r2["value"], want)
     assert r2["value"] > 0
+
+
+# ------------------------------------------------------------------------------------------------ headless browser
+CHROMIUM = os.environ.get("ADASDE_CHROMIUM", "/usr/bin/chromium")
+
+
+class CDP:
+    """A minimal Chrome DevTools Protocol client (websocket-client) for one page target."""
+
+    def __init__(self, ws_url: str) -> None:
+        import websocket
+
+        self.ws = websocket.create_connection(ws_url, timeout=60, suppress_origin=True)
+        self.i = 0
+
+    def call(self, method: str, **params: Any) -> dict:
+        self.i += 1
+        self.ws.send(json.dumps({"id": self.i, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == self.i:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+
+    def eval(self, expr: str, timeout: float = 30) -> Any:
+        r = self.call("Runtime.evaluate", expression=expr, awaitPromise=True, returnByValue=True,
+                      timeout=int(timeout * 1000))
+        if "exceptionDetails" in r:
+            raise RuntimeError(f"JS error in {expr[:80]!r}: {r['exceptionDetails']}")
+        return r["result"].get("value")
+
+    def wait_for(self, expr: str, timeout: float = 90) -> Any:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                v = self.eval(expr)
+            except RuntimeError:
+                v = None
+            if v:
+                return v
+            time.sleep(0.5)
+        raise TimeoutError(f"browser condition not met in {timeout} s: {expr}")
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+@pytest.fixture(scope="session")
+def browser(comfy: Server, tmp_path_factory: pytest.TempPathFactory):
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI: Chromium not found at {CHROMIUM}")
+        pytest.skip(f"Chromium not found at {CHROMIUM}")
+    pytest.importorskip("websocket", reason="pip install websocket-client")
+    profile = tmp_path_factory.mktemp("chromium")
+    port = _free_port()
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={profile}", f"--remote-debugging-port={port}", "--remote-allow-origins=*",
+           "--window-size=1400,1100", "about:blank"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        targets = None
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as r:
+                    targets = [t for t in json.loads(r.read()) if t.get("type") == "page"]
+                if targets:
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            time.sleep(0.3)
+        assert targets, "Chromium DevTools endpoint did not come up"
+        cdp = CDP(targets[0]["webSocketDebuggerUrl"])
+        yield cdp
+        cdp.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _pink_pixels(png: bytes) -> int:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    # LOSS_COLOR in web/adasde.js is #ff40a0
+    return int(((abs(a[..., 0] - 255) < 30) & (abs(a[..., 1] - 64) < 40) & (abs(a[..., 2] - 160) < 40)).sum())
+
+
+@pytest.mark.chromium
+def test_web_extension_draws_live_distill_chart(comfy: Server, browser: CDP, tmp_path: Path) -> None:
+    import base64
+
+    browser.call("Page.enable")
+    browser.call("Runtime.enable")
+    # first-run UI (templates browser) would cover the canvas: mark the tutorial as done for this fresh user
+    comfy.post("/settings", {"Comfy.TutorialCompleted": True})
+    browser.call("Page.navigate", url=comfy.url + "/")
+    browser.wait_for("!!(window.app && window.app.graph && window.LiteGraph && window.__adasdeRegistered)", 120)
+    scripts = browser.eval("JSON.stringify(window.app.extensions.map(e => e.name))")
+    assert "adasde.ui" in json.loads(scripts)
+    node_id = browser.eval("""(async () => {
+        const app = window.app;
+        app.graph.clear();
+        const n = LiteGraph.createNode("AdaSDEDistill");
+        n.pos = [220, 140];
+        app.graph.add(n);
+        app.canvas.ds.offset = [0, 0];
+        app.canvas.ds.scale = 1;
+        app.graph.setDirtyCanvas(true, true);
+        return n.id;
+    })()""")
+    assert node_id is not None
+    assert browser.eval(f"window.app.graph.getNodeById({node_id}).size[1]") > 190  # room for the chart
+
+    # a real distillation queued over HTTP with the same node id: the server broadcasts progress events
+    g = distill_graph("toy-web", trajectories=4)
+    prompt = {str(node_id) if k == "d" else k: v for k, v in g.items()}
+    for v in prompt.values():
+        for key, inp in v["inputs"].items():
+            if isinstance(inp, list) and inp[0] == "d":
+                v["inputs"][key] = [str(node_id), inp[1]]
+    comfy.run(prompt, timeout=180)
+    events = browser.wait_for("window.__adasde.events >= 3 && window.__adasde.events", 60)
+    last = json.loads(browser.eval("JSON.stringify(window.__adasde.last)"))
+    assert last["node"] == str(node_id) and last.get("finished") and len(last["losses"]) == 2, last
+    assert events >= 3  # two iterations + the final event
+    assert browser.eval(f"!!window.app.graph.getNodeById({node_id}).__adasdeDistill")
+    browser.eval("document.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape'})); true")
+    browser.eval("window.app.graph.setDirtyCanvas(true, true); window.app.canvas.draw(true, true); true")
+    time.sleep(1.0)
+    png = base64.b64decode(browser.call("Page.captureScreenshot", format="png")["data"])
+    out = Path(os.environ.get("ADASDE_SCREENSHOT_DIR", tmp_path)) / "comfyui-distill-node.png"
+    out.write_bytes(png)
+    assert _pink_pixels(png) > 50, f"no loss curve pixels in the screenshot {out}"
+
+
+def test_example_workflows_match_the_running_node_schemas(comfy: Server) -> None:
+    info = comfy.get("/object_info")
+    api_files = sorted((REPO / "workflows").glob("*_api.json"))
+    assert {f.stem for f in api_files} >= {"adasde_txt2img_api", "adasde_distill_api", "adasde_fid_api"}
+    for f in api_files:
+        graph = json.loads(f.read_text())
+        for nid, node in graph.items():
+            assert node["class_type"] in info, (f.name, nid, node["class_type"])
+            schema = info[node["class_type"]]["input"]
+            missing = set(schema.get("required", {})) - set(node["inputs"])
+            assert not missing, (f.name, nid, missing)
+            unknown = set(node["inputs"]) - set(schema.get("required", {})) - set(schema.get("optional", {}))
+            assert not unknown, (f.name, nid, unknown)
+            for k, v in node["inputs"].items():
+                if isinstance(v, list):
+                    assert v[0] in graph, (f.name, nid, k, v)
+        ui = f.with_name(f.name.replace("_api", ""))
+        assert ui.is_file(), f"missing UI-format twin {ui.name}"
+        types = {n["type"] for n in json.loads(ui.read_text())["nodes"]}
+        assert types == {n["class_type"] for n in graph.values()}, (ui.name, types)
