@@ -20,4 +20,5 @@ def test_bench_solvers_quick(tmp_path, capsys):
         assert re.search(rf"^\| {name} \| [-0-9.e+]+ \| [-0-9.e+]+ \|$", text, re.M), name
     assert text.count("### FD to exact moments") == 2
     assert "Paper pattern check" in text
+    assert "Reference solve (80 NFE" in text  # 40 Heun steps
     assert "nan" not in text.lower()
