@@ -11,7 +11,7 @@ import pytest
 import torch
 from adasde.loaders import ModelSpecError, load_model
 from adasde.samplers import get_sigmas, sample_adasde
-from test_loaders_fixtures import ddpm_dir, make_ddpm_folder, make_sdxl_folder, sd_dir, tiny_unet2d  # noqa: F401
+from test_loaders_fixtures import ddpm_dir, make_ddpm_folder, make_sdxl_folder, one_thread, sd_dir, tiny_unet2d  # noqa: F401
 
 
 @pytest.fixture(scope="module")

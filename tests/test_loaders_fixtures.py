@@ -112,14 +112,32 @@ def make_sdxl_folder(root: Path, seed: int = 0) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: with 2 threads on 2 busy shared cores, OpenMP spinning costs ~100x the CPU time."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _single_thread(fn, *args):
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn(*args)
+    finally:
+        torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def ddpm_dir(tmp_path_factory) -> Path:
-    return make_ddpm_folder(tmp_path_factory.mktemp("ddpm") / "pipe")
+    return _single_thread(make_ddpm_folder, tmp_path_factory.mktemp("ddpm") / "pipe")
 
 
 @pytest.fixture(scope="session")
 def sd_dir(tmp_path_factory) -> Path:
-    return make_sd_folder(tmp_path_factory.mktemp("sd") / "pipe")
+    return _single_thread(make_sd_folder, tmp_path_factory.mktemp("sd") / "pipe")
 
 
 def test_fixture_folders_are_offline_diffusers_layouts(ddpm_dir: Path, sd_dir: Path) -> None:
