@@ -28,6 +28,10 @@ log() { echo "[install_comfyui] $*" >&2; }
 if [[ -f "$MARKER" && -f "$DEST/main.py" ]]; then
   log "ComfyUI already extracted in $DEST"
 else
+  if [[ -d "$DEST" && -n "$(ls -A "$DEST" 2>/dev/null)" && ! -f "$DEST/.adasde-extracted" ]]; then
+    log "ERROR: $DEST exists and was not created by this script; refusing to overwrite it (choose another DEST)"
+    exit 1
+  fi
   WORK="$(mktemp -d)"
   trap 'rm -rf "$WORK"' EXIT
   CACHE="$REPO/.cache/downloads"
