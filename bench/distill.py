@@ -129,16 +129,19 @@ def run(model_spec: str = "testbed:gmm-error", nfes: tuple[int, ...] = NFES, rep
                 for meth in methods:
                     rss0 = _rss_mib()
                     t0 = time.perf_counter()
-                    if meth == "adasde":
-                        c = distill(model, batch=batch, trajectories=trajectories, seed=rep, **adasde_settings(k))
-                    else:
-                        c = amed_fn(model, nfe=k, afs=True, trajectories=trajectories, seed=rep)
-                    dt = time.perf_counter() - t0
-                    timing.append((meth, k, 1000 * dt / trajectories, max(_rss_mib(), rss0)))
-                    if rep == 0:
-                        learned[(meth, k)] = c
-                    x = _sample(model, meth, k, noise[rep], blocks[rep], c)
-                    fd.setdefault((meth, k), []).append(frechet_distance(x, target))
+                    try:
+                        if meth == "adasde":
+                            c = distill(model, batch=batch, trajectories=trajectories, seed=rep, **adasde_settings(k))
+                        else:
+                            c = amed_fn(model, nfe=k, afs=True, batch=batch, trajectories=trajectories, seed=rep)
+                        dt = time.perf_counter() - t0
+                        timing.append((meth, k, 1000 * dt / trajectories, max(_rss_mib(), rss0)))
+                        if rep == 0:
+                            learned[(meth, k)] = c
+                        x = _sample(model, meth, k, noise[rep], blocks[rep], c)
+                        fd.setdefault((meth, k), []).append(frechet_distance(x, target))
+                    except Exception as exc:  # noqa: BLE001 - report the failure, keep the other rows
+                        notes.append(f"{meth} NFE {k} repeat {rep} failed: {type(exc).__name__}: {exc}")
                     bar.update()
                 for base in BASELINES:
                     x = _sample(model, base, k, noise[rep], blocks[rep])
@@ -169,7 +172,10 @@ def _report(model_spec: str, nfes: tuple[int, ...], repeats: int, trajectories: 
         md_table(["Method"] + [f"NFE {k}" for k in nfes], rows), "",
         f"Distillation: {trajectories} trajectories, batch {batch}, CPU, float32. AdaSDE: "
         "paper settings per NFE (bench/distill.py `adasde_settings`), L2 loss at every step (no feature network "
-        "on this testbed). AMED-Solver: AMED settings (Heun teacher M = 1, lr 5e-3 constant, teacher forcing).", "",
+        "on this testbed). AMED-Solver: AMED settings (Heun teacher M = 1, lr 5e-3 constant, teacher forcing, "
+        "s_c 0.01, s_a 0) "
+        "with the same batch as AdaSDE (the AMED paper uses 128 for CIFAR-10, 32 for SD and LSUN); the GMM "
+        "denoiser has no U-Net bottleneck, so the predictor sees zero features and learns per-step constants.", "",
         "## Verdicts (measured, not tuned)", "",
     ]
     for k in nfes:
