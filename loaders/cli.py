@@ -34,8 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", default=None, help="a single prompt for every seed")
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--out", default=None, metavar="DIR", help="folder for SEED.png images and sample.json")
-    p.add_argument("--grid", default=None, metavar="FILE", help="also write a grid PNG (inside --out if relative)")
+    p.add_argument("--out", default=None, metavar="DIR", help="folder for SEED.png (+ .adasde_sample.json)")
+    p.add_argument("--grid", default=None, metavar="FILE", help="also write a grid PNG of all seeds")
     p.add_argument("--batch", type=int, default=8, help="images per batch and rank")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"),

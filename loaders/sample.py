@@ -72,8 +72,9 @@ def sample_images(
     progress: bool = True,
     model_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Generate the images of ``seeds`` (module docstring).  ``out``: folder for ``{seed:06d}.png`` (+ ``sample.json``);
-    ``grid``: grid PNG (relative paths are inside ``out`` when given).  ``prompts``: a .txt/.csv file or a list.
+    """Generate the images of ``seeds`` (module docstring).  ``out``: folder for ``{seed:06d}.png`` only (the run's
+    protocol goes to the hidden ``.adasde_sample.json``, so ``fid calc`` can score the folder); ``grid``: grid PNG.
+    ``prompts``: a .txt/.csv file or a list.
     ``steps`` counts grid points N, as ``distill`` and ``fid sample`` do.  Returns the protocol dict."""
     from ..evaluation.images import save_png
     from ..evaluation.pipeline import dist_info, parse_seeds, sampler_setup
@@ -144,12 +145,10 @@ def sample_images(
             order = {s: k for k, s in enumerate(seed_list)}
             keep.sort(key=lambda t: order[t[0]])
             gpath = Path(grid)
-            if out_dir is not None and not gpath.is_absolute() and gpath.parent == Path("."):
-                gpath = out_dir / gpath
             save_png(make_grid([img for _, img in keep]), gpath)
             protocol["grid"] = str(gpath)
         if out_dir is not None:
-            _write_json(out_dir / "sample.json", protocol)
+            _write_json(out_dir / ".adasde_sample.json", protocol)  # hidden: FID tools skip dot files
     if world > 1:
         import torch.distributed as dist
 
