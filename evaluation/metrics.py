@@ -131,7 +131,8 @@ def frechet_distance(
         tr_sqrt = float(np.trace(np.real(covmean)))
     else:
         if method == "eigh":
-            w, V = np.linalg.eigh(s1)
+            with _torch_threads(1):
+                w, V = (t.numpy() for t in torch.linalg.eigh(torch.from_numpy(s1)))
             diag["min_eig_sigma1"] = float(w.min())
             w = np.clip(w, 0.0, None)
             A, other = (V * np.sqrt(w)) @ V.T, s2  # symmetric sqrt(S_1)
