@@ -190,3 +190,13 @@ def test_folder_errors_name_the_file(tmp_path: Path, ddpm_dir: Path, sd_dir: Pat
         load_model(f"diffusers:{tmp_path / 'nope'}")
     with pytest.raises(ModelSpecError, match="single-file"):
         load_model(f"diffusers:{w.parent / 'config.json'}")
+
+
+def test_reduced_precision_weights(ddpm_dir: Path) -> None:  # noqa: F811
+    bf = load_model(f"diffusers:{ddpm_dir}", dtype=torch.bfloat16)
+    assert bf.dtype == torch.bfloat16
+    x = torch.randn(2, 3, 8, 8)
+    y = bf(x, torch.tensor([1.0, 1.0]))
+    assert y.dtype == torch.float32 and torch.isfinite(y).all()
+    with pytest.warns(UserWarning, match="fp16 is not supported .* on CPU"):
+        assert load_model(f"diffusers:{ddpm_dir}", dtype="fp16").dtype == torch.float32
