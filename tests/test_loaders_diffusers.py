@@ -200,3 +200,25 @@ def test_reduced_precision_weights(ddpm_dir: Path) -> None:  # noqa: F811
     assert y.dtype == torch.float32 and torch.isfinite(y).all()
     with pytest.warns(UserWarning, match="fp16 is not supported .* on CPU"):
         assert load_model(f"diffusers:{ddpm_dir}", dtype="fp16").dtype == torch.float32
+
+
+def test_latent_pipeline_with_vqvae(tmp_path: Path) -> None:
+    """``LDMPipeline`` folder (UNet2DModel on VQ latents): discrete schedule, VQ-VAE decode to [0, 1] images."""
+    from diffusers import DDIMScheduler, LDMPipeline, UNet2DModel, VQModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(block_out_channels=(4, 8), layers_per_block=1, norm_num_groups=4, sample_size=4,
+                       in_channels=3, out_channels=3, down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"))
+    vq = VQModel(block_out_channels=[4, 8], norm_num_groups=4, latent_channels=3, num_vq_embeddings=8,
+                 down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
+    LDMPipeline(vqvae=vq, unet=unet, scheduler=DDIMScheduler()).save_pretrained(tmp_path / "ldm")
+    den = load_model(f"diffusers:{tmp_path / 'ldm'}", expect="latent")
+    assert den.family == "ldm" and den.default_schedule == ("discrete", 1.0) and den.sample_shape == (3, 4, 4)
+    sig = get_sigmas("discrete", 3, model_sigmas=den.model_sigmas)
+    y = sample_adasde(den, torch.randn(2, 3, 4, 4) * den.sigma_max, sig)
+    img = den.decode(y)
+    assert img.shape == (2, 3, 8, 8) and 0 <= float(img.min()) and float(img.max()) <= 1
+    with torch.no_grad():
+        ref = vq.decode(y / vq.config.scaling_factor, return_dict=False)[0]
+    torch.testing.assert_close(img, ((ref + 1) / 2).clamp(0, 1), atol=1e-5, rtol=1e-5)

@@ -40,9 +40,18 @@ def test_prompt_files(tmp_path: Path) -> None:
 
 
 def test_sample_sd_with_prompts_writes_images_and_grid(sd_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    from adasde.coefficients import Coefficients, ModelIdentity, save
+    from adasde.samplers import get_sigmas
+
     (tmp_path / "caps.csv").write_text("image_id,id,caption\n1,2,a cat\n3,4,dog\n")
+    den = load_model(f"diffusers:{sd_dir}")
+    co = Coefficients.untrained(get_sigmas("discrete", 3, model_sigmas=den.model_sigmas, dtype=torch.float64),
+                                afs=True, schedule="discrete", model=ModelIdentity(**den.identity()))
+    co.gamma[1:] = 0.02  # a trained-looking churn: exercises the seeded churn noise
+    save(co, tmp_path / "c.safetensors")
     out = tmp_path / "out"
-    rc = main(["sample", "--model", f"diffusers:{sd_dir}", "--nfe", "3", "--seeds", "0-2", "--prompts",
+    rc = main(["sample", "--model", f"diffusers:{sd_dir}", "--coeffs", str(tmp_path / "c.safetensors"),
+               "--seeds", "0-2", "--prompts",
                str(tmp_path / "caps.csv"), "--cfg", "5", "--out", str(out), "--grid", str(tmp_path / "grid.png"),
                "--no-progress",
                "--batch", "2"])
