@@ -129,9 +129,9 @@ def test_single_gaussian_closed_form_ode():
     model = GMMDenoiser(mix, sigma_max=80.0)
     xT = mix.sample_noisy(8, 80.0, seed=0)
     exact = gaussian_ode_solution(mix, xT, 80.0, 0.002)
+    e50 = (reference_solve(model, xT, n_steps=50) - exact).abs().max().item()
     e100 = (reference_solve(model, xT, n_steps=100) - exact).abs().max().item()
-    e200 = (reference_solve(model, xT, n_steps=200) - exact).abs().max().item()
-    assert e200 < 5e-4 and 3.5 < e100 / e200 < 4.5  # Heun converges to the closed form at second order
+    assert e100 < 2e-3 and 3.5 < e50 / e100 < 4.5  # Heun converges to the closed form at second order
     # composition property of the flow map
     mid = gaussian_ode_solution(mix, xT, 80.0, 1.0)
     assert torch.allclose(gaussian_ode_solution(mix, mid, 1.0, 0.002), exact, atol=1e-12)
@@ -223,9 +223,9 @@ def test_flow_ode_matches_sigma_ode():
     sigma-form ODE lands (both by a fine Heun solve on corresponding grids)."""
     mix = synthetic_gmm(d=8, K=3, rank=2, seed=5)
     sig_model, flow_model = GMMDenoiser(mix), GMMFlowDenoiser(mix)
-    s_grid = torch.linspace(0.95, 0.02, 301, dtype=torch.float64)
+    s_grid = torch.linspace(0.95, 0.02, 151, dtype=torch.float64)
     x_flow0 = (1 - 0.95) * mix.sample(16, 0) + 0.95 * torch.randn(16, 8, dtype=torch.float64,
                                                                    generator=torch.Generator().manual_seed(1))
     end_flow = reference_solve(flow_model, x_flow0, sigmas=s_grid)
     end_sigma = reference_solve(sig_model, x_flow0 / 0.05, sigmas=s_grid / (1 - s_grid))
-    assert torch.allclose(end_flow, (1 - 0.02) * end_sigma, atol=1e-4)
+    assert torch.allclose(end_flow, (1 - 0.02) * end_sigma, atol=2e-4)  # 7e-5 here; 1.7e-5 with 301 points
