@@ -105,12 +105,10 @@ def svg_line_chart(
         out.append(f'<line x1="{sx(xv):.1f}" y1="{height - mb}" x2="{sx(xv):.1f}" y2="{height - mb + 4}" '
                    'stroke="black"/>')
         out.append(f'<text x="{sx(xv):.1f}" y="{height - mb + 17}" text-anchor="middle">{xv:g}</text>')
-    for k in range(6):
-        yv_t = y0 + (y1 - y0) * k / 5
-        yv = 10**yv_t if log_y else yv_t
-        py = mt + (1 - k / 5) * (height - mt - mb)
+    for yv in (_log_ticks(10**y0, 10**y1) if log_y else _nice_ticks(y0, y1)):
+        py = sy(yv)
         out.append(f'<line x1="{ml - 4}" y1="{py:.1f}" x2="{width - mr}" y2="{py:.1f}" stroke="#ddd"/>')
-        out.append(f'<text x="{ml - 6}" y="{py + 4:.1f}" text-anchor="end">{yv:.3g}</text>')
+        out.append(f'<text x="{ml - 6}" y="{py + 4:.1f}" text-anchor="end">{yv:.4g}</text>')
     out.append(f'<text x="{(ml + width - mr) / 2}" y="{height - 10}" text-anchor="middle">{html.escape(xlabel)}</text>')
     out.append(f'<text x="16" y="{(mt + height - mb) / 2}" text-anchor="middle" '
                f'transform="rotate(-90 16 {(mt + height - mb) / 2})">{html.escape(ylabel)}</text>')
@@ -130,6 +128,32 @@ def svg_line_chart(
         out.append(f'<text x="{width - mr + 38}" y="{ly + 4}">{html.escape(name)}</text>')
     out.append("</svg>")
     return "\n".join(out)
+
+
+def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """About ``n`` round values (multiples of 1, 2, 2.5 or 5 times a power of ten) inside [lo, hi] (lo < hi)."""
+    mag = 10 ** math.floor(math.log10((hi - lo) / max(n, 1)))
+
+    def count(step: float) -> int:
+        return math.floor(hi / step + 1e-9) - math.ceil(lo / step - 1e-9) + 1
+
+    step = min((m * mag for m in (1, 2, 2.5, 5, 10)), key=lambda st: (abs(count(st) - (n + 1)), -st))
+    first = math.ceil(lo / step - 1e-9)
+    ticks = [float(f"{k * step:.12g}") for k in range(first, math.floor(hi / step + 1e-9) + 1)]
+    return [0.0 if abs(t) < 1e-12 * step else t for t in ticks]
+
+
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    """Round values for a log axis over [lo, hi] (0 < lo < hi): 1, 2, 5 x 10^k when at most 8 of them fit, else
+    powers of ten (every k-th decade beyond 8); nice linear ticks when fewer than three of 1, 2, 5 x 10^k fit."""
+    decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+    ticks = [t for t in (m * 10.0**k for k in decades for m in (1, 2, 5)) if lo <= t <= hi]
+    if len(ticks) < 3:
+        return [t for t in _nice_ticks(lo, hi) if t > 0]
+    if len(ticks) > 8:
+        ticks = [t for t in (10.0**k for k in decades) if lo <= t <= hi]
+        ticks = ticks[:: math.ceil(len(ticks) / 8)]
+    return ticks
 
 
 def coefficient_chart(tables: Mapping[str, Sequence[float]], title: str) -> str:

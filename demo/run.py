@@ -283,10 +283,10 @@ numbers. {source}; {amed}.</p>
 {skipped}
 <h2>FD-FMNIST against NFE</h2>
 <div id="chart">{report.inline_svg(chart)}</div>
+<h2>Learned AdaSDE coefficients</h2>
+<div id="coefficients">{coef_html}</div>
 <h2>Samples at NFE {cfg.nfe} (first {min(64, cfg.samples)} seeds)</h2>
 <div class="grids">{figs}</div>
-<h2>Learned coefficients</h2>
-<div id="coefficients">{coef_html}</div>
 <p class="note">Timings on this machine: {timing}. Chart points at other NFEs use {cfg.chart_samples} images and, for
 the learned solvers, the shipped coefficients; the headline rows use {cfg.samples} images.</p>
 """

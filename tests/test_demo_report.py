@@ -146,12 +146,28 @@ def test_chart_log_scale() -> None:
     # 50 lies between 10 and 100, at log10(5) of the decade
     y50 = lines["t"][0][1]
     assert y50 == pytest.approx(ys[1] + math.log10(5) * (ys[2] - ys[1]), abs=0.15)
-    # the y tick labels span the data (with a little padding)
+    # y ticks: the decades, each at the height of the data point with that value
+    ticks = {float(t.text): float(t.get("y")) - 4 for t in root.iter(SVG_NS + "text") if t.get("text-anchor") == "end"}
+    assert sorted(ticks) == [1.0, 10.0, 100.0, 1000.0]
+    assert [ticks[v] for v in (1.0, 10.0, 100.0, 1000.0)] == pytest.approx(ys, abs=0.15)
+    # less than a decade: round linear values on the log axis
+    root = _parse(report.svg_line_chart({"s": [(3, 370.5), (5, 923.0)]}, "t", "x", "y", log_y=True))
     ticks = [float(t.text) for t in root.iter(SVG_NS + "text") if t.get("text-anchor") == "end"]
-    assert min(ticks) < 1.0 and 1000.0 < max(ticks) < 3000.0
+    assert len(ticks) >= 3 and all(v % 100 == 0 for v in ticks) and 300 < min(ticks) and max(ticks) < 1000
     # linear axis for comparison: not equally spaced
     lin = _polylines(_parse(report.svg_line_chart({"s": series["s"]}, "t", "x", "y")))
     assert not np.allclose(np.diff([p[1] for p in lin["s"]]), steps[0], atol=1)
+
+
+def test_chart_linear_ticks_are_round_and_cover_the_data() -> None:
+    root = _parse(report.svg_line_chart({"r": [(0, 0.7359), (1, 0.3512), (2, 0.0871)],
+                                         "g": [(0, -0.0657), (1, 1.1604), (2, 0.98)]}, "t", "x", "y"))
+    ticks = {float(t.text): float(t.get("y")) - 4 for t in root.iter(SVG_NS + "text") if t.get("text-anchor") == "end"}
+    values = sorted(ticks)
+    assert values == [0.0, 0.25, 0.5, 0.75, 1.0]
+    ys = [y for _, y in _polylines(root)["r"]]
+    # 0.7359 lies between the 0.75 and 0.5 tick lines, at the right fraction
+    assert ys[0] == pytest.approx(ticks[0.5] + (0.7359 - 0.5) / 0.25 * (ticks[0.75] - ticks[0.5]), abs=0.15)
 
 
 def test_coefficient_chart_steps_on_x() -> None:
