@@ -144,7 +144,9 @@ def run(d: int = 2048, repeat: int = 3, with_sqrtm: bool = True, inception_batch
     lines = ["# FID tooling benchmark (`adasde bench fid`)", "", f"- date: {today()}", f"- machine: {machine()}",
              f"- device for feature networks: {device}",
              f"- load average when started: {', '.join(f'{v:.1f}' for v in os.getloadavg())} "
-             f"({os.cpu_count()} cores shared with other jobs; wall times are upper bounds)", ""]
+             f"({os.cpu_count()} cores shared with other jobs; wall times are upper bounds)",
+             f"- OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')} (numpy/scipy BLAS threads; "
+             "threaded LAPACK spins badly on an oversubscribed machine)", ""]
     rows, notes = bench_frechet(d, repeat, with_sqrtm)
     lines += [f"## Frechet distance at {d}-d (float64, CPU)", "",
               "Goal: under 1 s. Time = best of the runs; full-rank case from 2d samples, singular case from d/2 "
