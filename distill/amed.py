@@ -128,8 +128,8 @@ def distill_amed(
             t = torch.stack(rows).cpu()
             return {"r": t[:, :1], "c": t[:, 1:2], "a": t[:, 2:3]}
     else:
-        g = torch.Generator().manual_seed(int(seed))
-        raw = {k: torch.randn(steps, 1, generator=g).to(dev).requires_grad_(True) for k in ("r", "c", "a")}
+        # raw 0 = r 0.5, c = a = 1: the base solver with geometric midpoints, as the AMED predictor starts (zero biases)
+        raw = {k: torch.zeros(steps, 1, device=dev, requires_grad=True) for k in ("r", "c", "a")}
         params = raw
         hist = [PluginHistory()]
 
