@@ -277,7 +277,9 @@ def test_settings_and_script_ui(host):
     assert {"adasde_coefficients", "adasde_comfyui_dir", "adasde_final_denoise"} <= set(labels)
     info = labels["adasde_coefficients"]
     assert info.default == "auto" and info.section == ("adasde", "AdaSDE")
-    assert info.component_args()["choices"] == ["auto", "untrained", "mine.safetensors"]
+    choices = info.component_args()["choices"]
+    assert choices[:3] == ["auto", "untrained", "mine.safetensors"]  # the user's folder first, then shipped files
+    assert all(c.endswith(".safetensors") for c in choices[2:])
     script = mod.Script()
     assert script.show(False) is scripts.AlwaysVisible and script.title() == "AdaSDE"
     (dropdown,) = script.ui(False)
