@@ -1,19 +1,22 @@
 """``adasde bench builtin``: FD-FMNIST of the built-in Fashion-MNIST model, per solver and NFE (issue 4).
 
 * A high-NFE reference (Heun on the polynomial rho-7 grid, >= 35 NFE) against the test-set statistics.
-* The solver table at NFE 3, 5, 7, 9: AdaSDE and AMED with the shipped (distilled) coefficients, untrained AdaSDE
-  (= DPM-Solver-2) and the training-free solvers with the paper schedules (samplers/presets.py), each over 3 disjoint
-  seed ranges of ``--samples`` images (mean and spread).
+* The solver table at NFE 3, 5, 7, 9: AdaSDE and AMED with the shipped (distilled) coefficients and the training-free
+  solvers with the paper schedules (samplers/presets.py), each over 3 disjoint seed ranges (mean and spread);
+  ``--samples`` images per run at the headline NFE, ``--samples-other`` at the others.
 * The train-vs-test FD-FMNIST floor (real images against real images).
 
-FD-FMNIST is the Frechet distance in the penultimate features of our Fashion-MNIST classifier; it is not FID.
+Runs are spread over ``--workers`` processes (one CPU thread each).  FD-FMNIST is the Frechet distance in the
+penultimate features of our Fashion-MNIST classifier; it is not FID.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 import torch
@@ -21,101 +24,136 @@ from tqdm.auto import tqdm
 
 from .common import machine, md_table, today, write_report
 
-TABLE_SOLVERS = ("adasde", "amed", "dpm_2", "ipndm", "dpmpp_3m", "unipc", "euler")
+TABLE_SOLVERS = ("adasde", "amed", "ipndm", "dpmpp_3m", "unipc", "euler")
 NFES = (3, 5, 7, 9)
+_W: dict[str, Any] = {}
 
 
-def run(samples: int = 5000, seeds: int = 3, nfes: tuple[int, ...] = NFES, solvers: tuple[str, ...] = TABLE_SOLVERS,
-        ref_nfe: int = 35, batch: int = 500, out_dir: str | None = None) -> str:
-    from ..demo.run import FDScorer, _generate, _shipped
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+    from ..demo.run import FDScorer
     from ..loaders import load_model
 
-    model = load_model("builtin:fmnist").eval()
-    scorer = FDScorer()
-    rows: dict[tuple[str, int], list[float]] = {}
-    missing: list[str] = []
-    plan = []
-    for name in solvers:
-        for k in nfes:
-            c = None
-            if name in ("adasde", "amed"):
-                c = _shipped(name, k)
-                if c is None:
-                    missing.append(f"{name} NFE {k}")
-                    continue
-            plan.append((name, k, c))
-    t0 = time.perf_counter()
-    total = (len(plan) * seeds + 1) * samples
-    with tqdm(total=total, desc="bench builtin", unit="img") as bar:
-        # high-NFE reference: heun, N = ref_nfe // 2 + 1 points, no AFS -> 2 (N - 1) calls
-        n_ref = ref_nfe // 2 + 1
-        ref_nfe_used = 2 * (n_ref - 1)
-        ref_imgs = _generate_heun(model, n_ref, list(range(samples)), batch, bar)
-        ref_fd = scorer(ref_imgs)
-        for name, k, c in plan:
-            for s in range(seeds):
-                seed_list = list(range(s * samples, (s + 1) * samples))
-                imgs = _generate(model, name, k, seed_list, c, batch, bar)
-                rows.setdefault((name, k), []).append(scorer(imgs))
-    elapsed = time.perf_counter() - t0
-    floor = _floor()
-
-    def cell(v: list[float]) -> str:
-        if not v:
-            return "-"
-        m = statistics.fmean(v)
-        sd = statistics.stdev(v) if len(v) > 1 else 0.0
-        return f"{m:.3f} ± {sd:.3f}"
-
-    table_rows = [[name] + [cell(rows.get((name, k), [])) for k in nfes] for name in solvers]
-    best = {k: min((statistics.fmean(v), n) for (n, kk), v in rows.items() if kk == k) for k in nfes
-            if any(kk == k for (_, kk) in rows)}
-    verdict = []
-    if ("adasde", 5) in rows:
-        a5 = statistics.fmean(rows[("adasde", 5)])
-        for other in ("ipndm", "dpmpp_3m", "amed", "unipc"):
-            if (other, 5) in rows:
-                o5 = statistics.fmean(rows[(other, 5)])
-                verdict.append(f"- NFE 5: AdaSDE {a5:.3f} vs {other} {o5:.3f}: "
-                               f"{'AdaSDE better' if a5 < o5 else 'AdaSDE NOT better'}")
-    text = f"""# Built-in Fashion-MNIST model: FD-FMNIST per solver and NFE
-
-Machine: {machine()}. Date: {today()}. Wall time: {elapsed / 60:.1f} min.
-
-FD-FMNIST = Frechet distance in the 128-d penultimate features of our Fashion-MNIST classifier, against the
-statistics of the 10,000 test images (`builtin/stats/fmnist_test.npz`). It is **not FID** and not comparable to
-published numbers. {samples} images per run, {seeds} disjoint seed ranges (mean ± standard deviation); initial noise
-per seed, same seeds for every solver. Schedules as in the papers (samplers/presets.py): polynomial rho 7 for euler,
-dpm_2, ipndm; logSNR for dpmpp_3m and unipc; the distilled grid (time-uniform rho 1) for AdaSDE and AMED; AFS for the
-two-call-per-step solvers at odd NFE. `dpm_2` on the paper's polynomial grid is the untrained baseline.
-
-- Floor (train images vs test images, 10,000 each): **{floor:.3f}**
-- High-NFE reference (Heun, {ref_nfe_used} NFE, polynomial rho 7, {samples} images): **{ref_fd:.3f}**
-
-{md_table(["solver"] + [f"NFE {k}" for k in nfes], table_rows)}
-
-Best per NFE: {", ".join(f"NFE {k}: {n} ({v:.3f})" for k, (v, n) in best.items())}
-
-{chr(10).join(verdict)}
-{("Missing coefficient files (not run): " + ", ".join(missing)) if missing else ""}
-"""
-    write_report("builtin", text, out_dir)
-    return text
+    _W["model"] = load_model("builtin:fmnist").eval()
+    _W["scorer"] = FDScorer()
 
 
-def _generate_heun(model: Any, n: int, seeds: list[int], batch: int, bar: tqdm) -> torch.Tensor:
+def _job(name: str, nfe: int, seed0: int, n: int, batch: int) -> tuple[str, int, int, float, float]:
+    """FD-FMNIST of ``n`` images of solver ``name`` at ``nfe`` calls from seeds ``seed0 ..``; (..., fd, seconds)."""
+    from ..demo.run import _generate, _shipped
+
+    model, scorer = _W["model"], _W["scorer"]
+    seeds = list(range(seed0, seed0 + n))
+    t = time.perf_counter()
+    if name == "heun":
+        imgs = _generate_heun(model, nfe // 2 + 1, seeds, batch)
+    else:
+        coeffs = _shipped(name, nfe) if name in ("adasde", "amed") else None
+        imgs = _generate(model, name, nfe, seeds, coeffs, batch, None)
+    return name, nfe, seed0, scorer(imgs), time.perf_counter() - t
+
+
+def _generate_heun(model: Any, n: int, seeds: list[int], batch: int) -> torch.Tensor:
     from ..samplers import SAMPLERS, get_sigmas
     from ..samplers.presets import initial_noise
 
     sigmas = get_sigmas("polynomial", n, model.sigma_min, model.sigma_max, rho=7.0)
     out = []
     for i in range(0, len(seeds), batch):
-        s = seeds[i: i + batch]
-        x = initial_noise(s, model.sample_shape, model.sigma_max)
+        x = initial_noise(seeds[i: i + batch], model.sample_shape, model.sigma_max)
         with torch.no_grad():
             out.append(model.decode(SAMPLERS["heun"](model, x, sigmas, disable=True)).float())
-        bar.update(len(s))
     return torch.cat(out)
+
+
+def run(samples: int = 5000, samples_other: int = 2000, seeds: int = 3, nfes: tuple[int, ...] = NFES,
+        solvers: tuple[str, ...] = TABLE_SOLVERS, headline: int = 5, ref_nfe: int = 36, ref_samples: int = 5000,
+        batch: int = 500, workers: int = 2, out_dir: str | None = None) -> str:
+    from ..coefficients import find_coefficients
+
+    missing = [f"{s} NFE {k}" for s in solvers if s in ("adasde", "amed") for k in nfes
+               if find_coefficients("builtin-fmnist", "edm", nfe=k, kind=s) is None]
+    jobs = [("heun", ref_nfe, 0, ref_samples)]
+    for name in solvers:
+        for k in nfes:
+            if f"{name} NFE {k}" in missing:
+                continue
+            n = samples if k == headline else samples_other
+            jobs += [(name, k, s * n, n) for s in range(seeds)]
+    cost = {j: j[3] * j[1] for j in jobs}
+    jobs.sort(key=lambda j: -cost[j])  # longest first keeps the pool busy
+    rows: dict[tuple[str, int], list[float]] = {}
+    secs: dict[tuple[str, int], float] = {}
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool, \
+            tqdm(total=sum(cost.values()), desc="bench builtin", unit="img-NFE") as bar:
+        futs = {pool.submit(_job, *j, batch): j for j in jobs}
+        for f in as_completed(futs):
+            name, k, _, fd, dt = f.result()
+            rows.setdefault((name, k), []).append(fd)
+            secs[(name, k)] = secs.get((name, k), 0.0) + dt
+            bar.update(cost[futs[f]])
+    elapsed = time.perf_counter() - t0
+    ref_fd = rows.pop(("heun", ref_nfe))[0]
+    floor = _floor()
+
+    def cell(v: list[float]) -> str:
+        if not v:
+            return "-"
+        sd = statistics.stdev(v) if len(v) > 1 else 0.0
+        return f"{statistics.fmean(v):.2f} ± {sd:.2f}"
+
+    table_rows = [[name] + [cell(rows.get((name, k), [])) for k in nfes] for name in solvers]
+    best = {}
+    for k in nfes:
+        cands = [(statistics.fmean(v), n) for (n, kk), v in rows.items() if kk == k]
+        if cands:
+            best[k] = min(cands)
+    verdict = []
+    for k in nfes:
+        if ("adasde", k) not in rows:
+            continue
+        a = statistics.fmean(rows[("adasde", k)])
+        for other in ("ipndm", "dpmpp_3m", "unipc", "amed", "euler"):
+            if (other, k) in rows:
+                o = statistics.fmean(rows[(other, k)])
+                verdict.append(f"- NFE {k}: AdaSDE {a:.2f} vs {other} {o:.2f}: "
+                               f"{'AdaSDE better' if a < o else '**AdaSDE NOT better**'}")
+    def per_image(name: str, k: int) -> str:
+        n = (samples if k == headline else samples_other) * seeds
+        return f"{1000 * secs[(name, k)] / n:.2f}"
+
+    speed = [[name, k, per_image(name, k)] for name in solvers for k in nfes if (name, k) in secs]
+    text = f"""# Built-in Fashion-MNIST model: FD-FMNIST per solver and NFE
+
+Machine: {machine()}; {workers} worker processes, 1 thread each. Date: {today()}. Wall time: {elapsed / 60:.1f} min.
+Command: `adasde bench builtin --samples {samples} --samples-other {samples_other} --seeds {seeds} --workers {workers}`
+
+FD-FMNIST = Frechet distance in the 128-d penultimate features of our Fashion-MNIST classifier, against the
+statistics of the 10,000 test images (`builtin/stats/fmnist_test.npz`). It is **not FID** and not comparable to
+published numbers. {seeds} disjoint seed ranges per cell (mean ± standard deviation): {samples} images per run at
+NFE {headline}, {samples_other} at the other NFEs (FD has a finite-sample bias that shrinks with n, so compare within a
+column, not across columns). Initial noise per seed, the same seeds for every solver. Grids: the distilled grid of
+the shipped coefficient files (`coefficients/data/`, polynomial rho 7) for AdaSDE and AMED; the paper schedules
+(samplers/presets.py) for the others: polynomial rho 7 for euler and ipndm, logSNR for dpmpp_3m and unipc. AFS for the
+two-call-per-step solvers at odd NFE.
+
+- Floor (train images vs test images, 60,000 / 10,000): **{floor:.3f}**
+- High-NFE reference (Heun, {ref_nfe} NFE, polynomial rho 7, {ref_samples} images): **{ref_fd:.2f}**
+
+{md_table(["solver"] + [f"NFE {k}" for k in nfes], table_rows)}
+
+Best per NFE: {", ".join(f"NFE {k}: {n} ({v:.2f})" for k, (v, n) in best.items())}
+
+{chr(10).join(verdict)}
+{("Missing coefficient files (not run): " + ", ".join(missing)) if missing else ""}
+
+CPU time per image (ms, one thread, including FD features):
+
+{md_table(["solver", "NFE", "ms / image"], speed)}
+"""
+    write_report("builtin", text, out_dir)
+    return text
 
 
 def _floor() -> float:
@@ -129,15 +167,22 @@ def _floor() -> float:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("builtin", help="FD-FMNIST of the built-in model per solver and NFE -> "
                               "bench/results/builtin.md")
-    p.add_argument("--samples", type=int, default=5000)
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--samples", type=int, default=5000, help="images per run at the headline NFE")
+    p.add_argument("--samples-other", type=int, default=2000, help="images per run at the other NFEs")
+    p.add_argument("--seeds", type=int, default=3, help="disjoint seed ranges per cell")
+    p.add_argument("--headline", type=int, default=5)
     p.add_argument("--nfes", type=int, nargs="+", default=list(NFES))
     p.add_argument("--solvers", nargs="+", default=list(TABLE_SOLVERS))
+    p.add_argument("--ref-samples", type=int, default=5000)
     p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--workers", type=int, default=max(1, min(os.cpu_count() or 1, 8)))
     p.add_argument("--out-dir", default=None, help="write builtin.md here instead of bench/results")
 
     def _run(a: argparse.Namespace) -> int:
-        print(run(a.samples, a.seeds, tuple(a.nfes), tuple(a.solvers), batch=a.batch, out_dir=a.out_dir))
+        if min(a.samples, a.samples_other, a.seeds, a.workers) < 1:
+            p.error("--samples, --samples-other, --seeds and --workers must be >= 1")
+        print(run(a.samples, a.samples_other, a.seeds, tuple(a.nfes), tuple(a.solvers), a.headline,
+                  ref_samples=a.ref_samples, batch=a.batch, workers=a.workers, out_dir=a.out_dir))
         return 0
 
     p.set_defaults(func=_run)
