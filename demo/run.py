@@ -232,7 +232,8 @@ def _distil(model: Any, cfg: DemoConfig, out: Path) -> Any:
             bar.set_postfix(loss=f"{float(loss):.4g}")
 
     coeffs = distill(model, shape=tuple(model.sample_shape), sigma_min=model.sigma_min, sigma_max=model.sigma_max,
-                     num_steps=n, afs=afs, schedule=cfg.schedule[0], rho=cfg.schedule[1], batch=cfg.distill_batch, trajectories=cfg.trajectories, seed=cfg.seed,
+                     num_steps=n, afs=afs, schedule=cfg.schedule[0], rho=cfg.schedule[1],
+                     batch=cfg.distill_batch, trajectories=cfg.trajectories, seed=cfg.seed,
                      device=cfg.device, progress=progress)
     bar.close()
     path = out / f"adasde-builtin-fmnist-nfe{cfg.nfe}.safetensors"
