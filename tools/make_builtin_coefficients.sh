@@ -5,7 +5,7 @@
 # Usage: tools/make_builtin_coefficients.sh [AdaSDE trajectories (3000)] [AMED trajectories (2048)]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TA=${1:-3000}
+TA=${1:-3000}   # the shipped NFE 9 file used 2000
 TM=${2:-2048}
 OUT=coefficients/data
 mkdir -p "$OUT"
