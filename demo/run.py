@@ -36,8 +36,8 @@ class DemoConfig:
     quick: bool = False
     nfe: int = 5
     chart_nfes: Sequence[int] = (3, 5, 7, 9)
-    samples: int = 2000  # images per (solver, headline NFE)
-    chart_samples: int = 1000  # images per (solver, other NFE)
+    samples: int = 1000  # images per (solver, headline NFE)
+    chart_samples: int = 250  # images per (solver, other NFE)
     trajectories: int = 1600
     schedule: tuple[str, float] = ("polynomial", 7.0)  # as the shipped files; see bench/results/builtin.md
     batch: int = 250
