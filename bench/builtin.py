@@ -45,25 +45,9 @@ def _job(name: str, nfe: int, seed0: int, n: int, batch: int) -> tuple[str, int,
     model, scorer = _W["model"], _W["scorer"]
     seeds = list(range(seed0, seed0 + n))
     t = time.perf_counter()
-    if name == "heun":
-        imgs = _generate_heun(model, nfe // 2 + 1, seeds, batch)
-    else:
-        coeffs = _shipped(name, nfe) if name in ("adasde", "amed") else None
-        imgs = _generate(model, name, nfe, seeds, coeffs, batch, None)
+    coeffs = _shipped(name, nfe) if name in ("adasde", "amed") else None
+    imgs = _generate(model, name, nfe, seeds, coeffs, batch, None)  # heun: polynomial rho 7, nfe/2 + 1 points
     return name, nfe, seed0, scorer(imgs), time.perf_counter() - t
-
-
-def _generate_heun(model: Any, n: int, seeds: list[int], batch: int) -> torch.Tensor:
-    from ..samplers import SAMPLERS, get_sigmas
-    from ..samplers.presets import initial_noise
-
-    sigmas = get_sigmas("polynomial", n, model.sigma_min, model.sigma_max, rho=7.0)
-    out = []
-    for i in range(0, len(seeds), batch):
-        x = initial_noise(seeds[i: i + batch], model.sample_shape, model.sigma_max)
-        with torch.no_grad():
-            out.append(model.decode(SAMPLERS["heun"](model, x, sigmas, disable=True)).float())
-    return torch.cat(out)
 
 
 def run(samples: int = 5000, samples_other: int = 2000, seeds: int = 3, nfes: tuple[int, ...] = NFES,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import platform
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,15 +14,9 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 def machine() -> str:
     """One line describing where a benchmark ran."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from ..builtin.train import machine_info
+
+    cpu = machine_info()["cpu"]
     parts = [f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"]
     if torch.cuda.is_available():
         parts.append(f"GPU {torch.cuda.get_device_name(0)}")

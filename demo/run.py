@@ -85,12 +85,9 @@ def _sampler(name: str) -> Callable:
 
 
 def _shipped(kind: str, nfe: int) -> Any:
-    from ..coefficients import find_coefficients, load
+    from ..coefficients import find_coefficients
 
-    path = find_coefficients("builtin-fmnist", "edm", nfe=nfe, kind=kind)
-    if path is None:
-        return None
-    return load(path) if not hasattr(path, "r") else path
+    return find_coefficients("builtin-fmnist", "edm", nfe=nfe, kind=kind)  # a validated record, or None
 
 
 class FDScorer:
