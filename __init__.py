@@ -8,7 +8,7 @@ for hosts that do not await ``on_load``.
 
 import sys as _sys
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: F401
 
 WEB_DIRECTORY = "./web"
 

@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from .errors import AdasdeError
+
 # (module relative to this package, exposing register(subparsers))
 _SUBSYSTEMS = (
     ".demo.cli",
@@ -24,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Few-step diffusion sampling with learned coefficients (AdaSDE, AMED): "
         "demo, distil, sample, score.",
     )
-    from . import __version__
+    from ._version import __version__
 
     parser.add_argument("--version", action="version", version=f"adasde {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -47,9 +49,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except AdasdeError as exc:  # the user's mistake: one line, no traceback
+        print(f"adasde {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line (newlines folded), as the CLI prints it."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

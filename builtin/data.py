@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import AdasdeError
+
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 ENV_VAR = "ADASDE_FMNIST_DIR"
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -26,7 +28,7 @@ _FILES = {
 _SIZES = {"train": 60000, "test": 10000}
 
 
-class DatasetMissingError(FileNotFoundError):
+class DatasetMissingError(AdasdeError, FileNotFoundError):
     """The Fashion-MNIST files are not installed; the message says how to install them."""
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..errors import AdasdeError
 from ..samplers.schedules import SCHEDULES
 from .record import BASES, FORMAT_VERSION, KINDS, PREDICTIONS, Coefficients, ModelIdentity
 
@@ -30,7 +31,7 @@ SIMPLEX_TOL = 1e-4
 _MAX_HEADER = 64 * 1024 * 1024
 
 
-class CoefficientFileError(ValueError):
+class CoefficientFileError(AdasdeError, ValueError):
     """A coefficient file is missing, unreadable or invalid; the message names the file, the value and the fix."""
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import AdasdeError
 from ..samplers.presets import initial_noise, preset
 from . import report
 
@@ -57,7 +58,7 @@ class DemoResult:
     skipped: list[str] = field(default_factory=list)  # "amed NFE 3: no shipped coefficients"
 
 
-class DemoError(RuntimeError):
+class DemoError(AdasdeError, RuntimeError):
     """A demo setting that cannot run (bad numbers, ``--quick`` without shipped coefficients)."""
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint as _ckpt
 
+from ..errors import AdasdeError
 from ..samplers.common import SeededNoise
 from ..samplers.presets import initial_noise
 from . import ddp
@@ -37,7 +38,7 @@ from .checkpoint import load_checkpoint, restore, save_checkpoint
 from .teacher import teacher_trajectory
 
 
-class DistillError(RuntimeError):
+class DistillError(AdasdeError, RuntimeError):
     """Distillation stopped (non-finite model output or loss, diverging loss, bad settings)."""
 
 

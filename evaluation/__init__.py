@@ -24,7 +24,7 @@ from .pipeline import (
     score_images,
     stats_of_source,
 )
-from .reference import LAYOUTS, ReferenceError, RefStats, check_feature_net, load_stats, save_stats
+from .reference import LAYOUTS, RefStats, StatsFileError, check_feature_net, load_stats, save_stats
 from .stats import RunningStats
 
 get_feature_net = load_feature_net  # alias used by demo/ and bench/
@@ -40,7 +40,7 @@ __all__ = [
     "FrechetResult",
     "ImageReadError",
     "RefStats",
-    "ReferenceError",
+    "StatsFileError",
     "RunningStats",
     "check_feature_net",
     "compute_reference",

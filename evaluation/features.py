@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import AdasdeError
+
 INCEPTION_FILES = ("weights-inception-2015-12-05-6726825d.pth", "pt_inception-2015-12-05-6726825d.pth")
 INCEPTION_URLS = {
     INCEPTION_FILES[0]: "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
@@ -36,7 +38,7 @@ INCEPTION_ENV = "ADASDE_INCEPTION_WEIGHTS"
 INCEPTION_SIZE_APPROX = "about 95.6 MB"
 
 
-class FeatureNetError(RuntimeError):
+class FeatureNetError(AdasdeError, RuntimeError):
     """A feature network cannot be built (missing package or weights file); the message says how to fix it."""
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import AdasdeError
+
 log = logging.getLogger("adasde")
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -26,7 +28,7 @@ _IGNORED_NAMES = {"dataset.json", "thumbs.db", "desktop.ini"}
 ON_ERROR = ("skip", "fail")
 
 
-class ImageReadError(ValueError):
+class ImageReadError(AdasdeError, ValueError):
     """An image file could not be read; the message names the file."""
 
 

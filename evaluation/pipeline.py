@@ -86,7 +86,7 @@ def init_distributed() -> tuple[int, int]:
 def versions() -> dict[str, str]:
     import scipy
 
-    from .. import __version__
+    from .._version import __version__
 
     v = {"adasde": __version__, "torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
          "python": platform.python_version()}

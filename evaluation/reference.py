@@ -25,13 +25,14 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import AdasdeError
 from .stats import RunningStats, _atomic_savez
 
 LAYOUTS = ("edm", "pytorch-fid", "torch-fidelity")
 META_KEY = "adasde_meta"
 
 
-class ReferenceError(ValueError):  # noqa: N818 - reads better at the call site
+class StatsFileError(AdasdeError, ValueError):
     """A reference statistics file is missing, malformed or does not match the feature network."""
 
 
@@ -91,35 +92,35 @@ def save_stats(
 def load_stats(path: str | os.PathLike, feature_net: str | None = None) -> RefStats:
     """Read ``mu``/``sigma`` (+ ``adasde_meta``) from an ``.npz`` of any layout; never unpickles.
 
-    ``feature_net``: if given and the file records a different network, raise :class:`ReferenceError`.
+    ``feature_net``: if given and the file records a different network, raise :class:`StatsFileError`.
     """
     path = Path(path)
     if not path.is_file():
-        raise ReferenceError(f"{path}: reference statistics file not found; create it with "
+        raise StatsFileError(f"{path}: reference statistics file not found; create it with "
                              "`adasde fid ref --data DIR --dest {path}`")
     try:
         z = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise ReferenceError(f"{path}: cannot read as a statistics .npz ({exc}); it must be an EDM / pytorch-fid "
+        raise StatsFileError(f"{path}: cannot read as a statistics .npz ({exc}); it must be an EDM / pytorch-fid "
                              "style archive with 'mu' and 'sigma' (pickled files are refused)") from exc
     if not isinstance(z, np.lib.npyio.NpzFile):
-        raise ReferenceError(f"{path}: expected an .npz archive with keys 'mu' and 'sigma', got a single array")
+        raise StatsFileError(f"{path}: expected an .npz archive with keys 'mu' and 'sigma', got a single array")
     with z:
         missing = {"mu", "sigma"} - set(z.files)
         if missing:
-            raise ReferenceError(f"{path}: missing key(s) {sorted(missing)}; a reference .npz needs 'mu' and "
+            raise StatsFileError(f"{path}: missing key(s) {sorted(missing)}; a reference .npz needs 'mu' and "
                                  f"'sigma' (has {sorted(z.files)})")
         try:
             mu, sigma = np.asarray(z["mu"]), np.asarray(z["sigma"])
             meta = json.loads(str(z[META_KEY][()])) if META_KEY in z.files else {}
         except ValueError as exc:  # object arrays (pickles) or bad JSON
-            raise ReferenceError(f"{path}: unreadable 'mu'/'sigma'/{META_KEY} ({exc}); pickled arrays are "
+            raise StatsFileError(f"{path}: unreadable 'mu'/'sigma'/{META_KEY} ({exc}); pickled arrays are "
                                  "refused") from exc
     d = mu.shape[0] if mu.ndim == 1 else -1
     if mu.ndim != 1 or sigma.shape != (d, d):
-        raise ReferenceError(f"{path}: mu has shape {mu.shape} and sigma {sigma.shape}; expected [d] and [d, d]")
+        raise StatsFileError(f"{path}: mu has shape {mu.shape} and sigma {sigma.shape}; expected [d] and [d, d]")
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
-        raise ReferenceError(f"{path}: mu/sigma contain NaN or inf")
+        raise StatsFileError(f"{path}: mu/sigma contain NaN or inf")
     meta = dict(meta)
     if "feature_net" not in meta:
         meta["feature_net_assumed"] = True
@@ -132,16 +133,16 @@ def load_stats(path: str | os.PathLike, feature_net: str | None = None) -> RefSt
 
 
 def check_feature_net(ref: RefStats, feature_net: str, dim: int | None = None) -> None:
-    """Raise :class:`ReferenceError` if ``ref`` was computed with another feature network (or dimension)."""
+    """Raise :class:`StatsFileError` if ``ref`` was computed with another feature network (or dimension)."""
     where = ref.path or "reference statistics"
     have = ref.feature_net
     if have is not None and have != feature_net:
-        raise ReferenceError(
+        raise StatsFileError(
             f"{where}: computed with feature network {have!r} but scoring uses {feature_net!r}; distances between "
             f"different feature spaces are meaningless. Use --net matching the file, or rebuild it with "
             f"`adasde fid ref --net ...`")
     if dim is not None and ref.dim != dim:
-        raise ReferenceError(f"{where}: statistics have dimension {ref.dim} but feature network {feature_net!r} "
+        raise StatsFileError(f"{where}: statistics have dimension {ref.dim} but feature network {feature_net!r} "
                              f"produces {dim}-d features; rebuild the reference with the same network")
 
 

@@ -8,8 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import AdasdeError
 
-class ModelSpecError(ValueError):
+
+class ModelSpecError(AdasdeError, ValueError):
     """A model spec could not be resolved or loaded; the message names the spec/file and the fix."""
 
 

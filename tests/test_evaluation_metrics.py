@@ -9,9 +9,9 @@ import pytest
 import scipy.linalg
 import torch
 from adasde.evaluation import (
-    ReferenceError,
     RefStats,
     RunningStats,
+    StatsFileError,
     check_feature_net,
     frechet_distance,
     kid,
@@ -124,7 +124,7 @@ def test_npz_round_trip(tmp_path, layout):
     np.testing.assert_allclose(ref.mu, rs.mu, rtol=1e-6 if layout == "torch-fidelity" else 0)
     np.testing.assert_array_equal(ref.sigma, rs.sigma)
     assert ref.n == 40 and ref.meta["source"] == "unit" and ref.meta["layout"] == layout
-    with pytest.raises(ReferenceError, match="fmnist-classifier"):
+    with pytest.raises(StatsFileError, match="fmnist-classifier"):
         load_stats(path, feature_net="fmnist-classifier")
 
 
@@ -132,15 +132,15 @@ def test_foreign_npz_without_meta_and_refusals(tmp_path):
     np.savez(tmp_path / "edm.npz", mu=np.zeros(2048), sigma=np.eye(2048))  # EDM fid-refs layout
     ref = load_stats(tmp_path / "edm.npz")
     assert ref.feature_net == "inception-v3-compat" and ref.meta["feature_net_assumed"]
-    with pytest.raises(ReferenceError, match="dimension 2048"):
+    with pytest.raises(StatsFileError, match="dimension 2048"):
         check_feature_net(RefStats(ref.mu, ref.sigma, path="edm.npz"), "fmnist-classifier", dim=128)
     np.savez(tmp_path / "pickled.npz", mu=np.array([object()], dtype=object), sigma=np.eye(1))
-    with pytest.raises(ReferenceError, match="pickled"):
+    with pytest.raises(StatsFileError, match="pickled"):
         load_stats(tmp_path / "pickled.npz")
     np.savez(tmp_path / "nokeys.npz", m=np.zeros(2))
-    with pytest.raises(ReferenceError, match="missing key"):
+    with pytest.raises(StatsFileError, match="missing key"):
         load_stats(tmp_path / "nokeys.npz")
-    with pytest.raises(ReferenceError, match="not found"):
+    with pytest.raises(StatsFileError, match="not found"):
         load_stats(tmp_path / "absent.npz")
     meta = json.loads(str(np.load(save_stats(tmp_path / "m.npz", ref), allow_pickle=False)["adasde_meta"]))
     assert meta["dim"] == 2048
