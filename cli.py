@@ -3,21 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from .errors import AdasdeError
-
-# (module relative to this package, exposing register(subparsers))
-_SUBSYSTEMS = (
-    ".demo.cli",
-    ".distill.cli",
-    ".evaluation.cli",
-    ".bench.cli",
-    ".builtin.cli",
-    ".loaders.cli",
-    ".coefficients.cli",
-)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,14 +18,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"adasde {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _SUBSYSTEMS:
-        try:
-            module = importlib.import_module(name, __package__)
-        except ModuleNotFoundError as exc:  # subsystem not built in this checkout
-            if exc.name and exc.name.startswith(__package__ or "adasde"):
-                continue
-            raise
-        module.register(sub)
+    from .bench import cli as bench_cli
+    from .builtin import cli as builtin_cli
+    from .coefficients import cli as coefficients_cli
+    from .demo import cli as demo_cli
+    from .distill import cli as distill_cli
+    from .evaluation import cli as evaluation_cli
+    from .generate import cli as generate_cli
+
+    demo_cli.register(sub)
+    generate_cli.register(sub, evaluation_cli.register(sub))
+    distill_cli.register(sub)
+    coefficients_cli.register(sub)
+    bench_cli.register(sub)
+    builtin_cli.register(sub)
     return parser
 
 

@@ -53,10 +53,10 @@ def _job(name: str, nfe: int, seed0: int, n: int, batch: int) -> tuple[str, int,
 def run(samples: int = 5000, samples_other: int = 2000, seeds: int = 3, nfes: tuple[int, ...] = NFES,
         solvers: tuple[str, ...] = TABLE_SOLVERS, headline: int = 5, ref_nfe: int = 36, ref_samples: int = 5000,
         batch: int = 500, workers: int = 2, out_dir: str | None = None) -> str:
-    from ..coefficients import find_coefficients
+    from ..demo.run import _shipped
 
     missing = [f"{s} NFE {k}" for s in solvers if s in ("adasde", "amed") for k in nfes
-               if find_coefficients("builtin-fmnist", "edm", nfe=k, kind=s) is None]
+               if _shipped(s, k) is None]
     jobs = [("heun", ref_nfe, 0, ref_samples)]
     for name in solvers:
         for k in nfes:

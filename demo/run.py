@@ -15,7 +15,7 @@ import html
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,6 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import AdasdeError
-from ..samplers.presets import initial_noise, preset
 from . import report
 
 DEMO_SOLVERS = ("adasde", "amed", "ipndm", "dpmpp_3m", "unipc", "euler")
@@ -79,16 +78,12 @@ def check_config(cfg: DemoConfig) -> None:
         raise DemoError(f"unknown solvers {unknown or '(none given)'}; choose from {', '.join(sorted(SAMPLERS))}")
 
 
-def _sampler(name: str) -> Callable:
-    from ..samplers import SAMPLERS
-
-    return SAMPLERS[name]
-
-
 def _shipped(kind: str, nfe: int) -> Any:
-    from ..coefficients import find_coefficients
+    """The coefficient record the sampling policy picks for the built-in model at ``nfe``, or None."""
+    from ..builtin.unet import FMNISTDenoiser
+    from ..policy import ModelInfo, plan
 
-    return find_coefficients("builtin-fmnist", "edm", nfe=nfe, kind=kind)  # a validated record, or None
+    return plan(ModelInfo.of(FMNISTDenoiser), kind, nfe=nfe).coeffs
 
 
 class FDScorer:
@@ -113,22 +108,15 @@ class FDScorer:
 
 def _generate(model: Any, name: str, nfe: int, seeds: Sequence[int], coeffs: Any, batch: int,
               bar: tqdm | None) -> torch.Tensor:
-    """Images in [0, 1] of solver ``name`` at ``nfe`` calls for the given seeds (per-seed noise, batch-independent)."""
-    fn = _sampler(name)
-    if coeffs is not None:
-        sigmas = coeffs.sigmas.to(torch.float32)
-        options: dict[str, Any] = {"coeffs": coeffs}
-    else:
-        sigmas, options = preset(name, nfe, model.sigma_min, model.sigma_max)
-    if name == "amed" and coeffs is not None and getattr(coeffs, "predictor", None):
-        options["features"] = model.bottleneck
+    """Images in [0, 1] of solver ``name`` at ``nfe`` calls for the given seeds, through the sampling policy and the
+    generation loop (per-seed noise, batch-independent); ``coeffs``: a record for the learned solvers."""
+    from ..generate import generate
+    from ..policy import plan
+
+    p = plan(model, name, nfe=nfe, coefficients=coeffs if coeffs is not None else "untrained")
     out = []
-    for i in range(0, len(seeds), batch):
-        s = list(seeds[i: i + batch])
-        x = initial_noise(s, model.sample_shape, model.sigma_max)
-        with torch.no_grad():
-            y = fn(model, x, sigmas, extra_args={"seed": s[0]}, disable=True, **options)
-        out.append(model.decode(y).float().cpu())
+    for s, imgs in generate(model, p, seeds, batch=batch, progress=False):
+        out.append(imgs.float() / 255)
         if bar is not None:
             bar.update(len(s))
     return torch.cat(out)

@@ -18,7 +18,7 @@ from typing import Any
 from .reference import LAYOUTS
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=64, help="images per batch and rank (default 64)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--inception-weights", default=None, metavar="FILE",
@@ -31,10 +31,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _emit(result: dict[str, Any], out: str | None) -> None:
-    from .pipeline import dist_info, write_json
+def emit(result: dict[str, Any], out: str | None) -> None:
+    from ..runtime import rank_world
+    from .pipeline import write_json
 
-    if dist_info()[0] != 0:
+    if rank_world()[0] != 0:
         return
     if out:
         write_json(out, result)
@@ -43,7 +44,8 @@ def _emit(result: dict[str, Any], out: str | None) -> None:
 
 
 def _ref(a: argparse.Namespace) -> int:
-    from .pipeline import compute_reference, init_distributed
+    from ..runtime import init_distributed
+    from .pipeline import compute_reference
 
     init_distributed()
     ref = compute_reference(a.data, a.dest, net=a.net, layout=a.layout, batch=a.batch, device=a.device,
@@ -54,30 +56,20 @@ def _ref(a: argparse.Namespace) -> int:
 
 
 def _calc(a: argparse.Namespace) -> int:
-    from .pipeline import init_distributed, score_images
+    from ..runtime import init_distributed
+    from .pipeline import score_images
 
     init_distributed()
     res = score_images(a.images, a.ref, net=a.net, batch=a.batch, device=a.device, weights=a.inception_weights,
                        allow_download=a.allow_download, on_error=a.on_error, kid_pr=a.kid_pr,
                        max_images=a.max_images, progress=not a.quiet)
-    _emit(res, a.json)
+    emit(res, a.json)
     return 0
 
 
-def _sample(a: argparse.Namespace) -> int:
-    from .pipeline import init_distributed, sample_and_score
-
-    init_distributed()
-    res = sample_and_score(a.model, a.sampler, a.seeds, a.ref, coeffs=a.coeffs, nfe=a.nfe, steps=a.steps,
-                           schedule=a.schedule, rho=a.rho, batch=a.batch, net=a.net, device=a.device,
-                           weights=a.inception_weights, allow_download=a.allow_download, out_images=a.out_images,
-                           resume=a.resume, checkpoint_every=a.checkpoint_every, progress=not a.quiet)
-    _emit(res, a.json)
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``fid`` with its sub-commands ``ref``, ``calc`` and ``sample``."""
+def register(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """Add ``fid`` with its sub-commands ``ref`` and ``calc``; returns the ``fid`` sub-command table, to which
+    ``generate.cli`` adds ``fid sample``."""
     parser = subparsers.add_parser("fid", help="FID / FD-FMNIST: reference statistics, scoring, generate-and-score",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="fid_command", metavar="{ref,calc,sample}")
@@ -89,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--net", default="inception", help="feature network: inception (FID) or fmnist (FD-FMNIST)")
     p.add_argument("--layout", choices=LAYOUTS, default="edm", help="file layout (default edm: np.savez float64)")
     p.add_argument("--max-images", type=int, default=None, help="use only the first N images (sorted order)")
-    _common(p)
+    common_arguments(p)
     p.set_defaults(func=_ref)
 
     p = sub.add_parser("calc", help="score an image folder/zip against reference statistics")
@@ -99,25 +91,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kid-pr", action="store_true",
                    help="also KID and precision/recall (needs --ref to be images; keeps up to 10k features)")
     p.add_argument("--max-images", type=int, default=None, help="use only the first N images (sorted order)")
-    _common(p)
+    common_arguments(p)
     p.set_defaults(func=_calc)
 
-    p = sub.add_parser("sample", help="generate with a sampler and score, in one stream (resumable, torchrun)")
-    p.add_argument("--model", required=True, help="model spec, e.g. builtin:fmnist, testbed:gmm, diffusers:DIR")
-    p.add_argument("--sampler", required=True, help="sampler name, e.g. adasde, amed, euler, heun, dpmpp_2m")
-    p.add_argument("--coeffs", default=None, help="learned coefficient file (.safetensors)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--nfe", type=int, default=None, help="number of model calls (paper presets)")
-    g.add_argument("--steps", type=int, default=None, help="number of sigma grid points")
-    p.add_argument("--schedule", default=None, help="override the schedule (polynomial, logsnr, time_uniform, ...)")
-    p.add_argument("--rho", type=float, default=None, help="schedule exponent for --schedule")
-    p.add_argument("--seeds", default="0-49999", help="seeds, e.g. 0-49999 (default) or 0,5,10-19")
-    p.add_argument("--ref", required=True, help="reference statistics .npz")
-    p.add_argument("--net", default=None, help="feature network (default: the one recorded in --ref)")
-    p.add_argument("--out-images", default=None, help="also write every image as DIR/<seed>.png")
-    p.add_argument("--resume", default=None, metavar="STATE",
-                   help="state file: saved periodically, a rerun continues from it (one file per rank)")
-    p.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between state saves (300)")
-    _common(p)
-    p.set_defaults(func=_sample)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
+    return sub

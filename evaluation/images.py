@@ -126,14 +126,30 @@ def iter_batches(
         yield names, imgs
 
 
-def save_png(image: torch.Tensor, path: str | os.PathLike) -> None:
-    """Write a uint8 [C, H, W] image (C = 1 or 3) as PNG, atomically."""
-    from PIL import Image
+def save_png(image: torch.Tensor, path: str | os.PathLike, text: dict[str, str] | None = None) -> None:
+    """Write a uint8 [C, H, W] image (C = 1 or 3) as PNG, atomically; ``text`` adds PNG text chunks (e.g. the
+    generation ``parameters``)."""
+    from PIL import Image, PngImagePlugin
 
     arr = image.detach().cpu().numpy()
     arr = arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(arr).save(tmp, format="PNG")
+    info = None
+    if text:
+        info = PngImagePlugin.PngInfo()
+        for k, v in text.items():
+            info.add_text(k, v)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    Image.fromarray(arr).save(tmp, format="PNG", pnginfo=info)
     os.replace(tmp, path)
+
+
+def read_image(path: str | os.PathLike) -> torch.Tensor:
+    """One image file -> uint8 [C, H, W]; :class:`ImageReadError` names the file."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ImageReadError(f"{p}: cannot read ({exc})") from exc
+    return decode_image(data, str(p))

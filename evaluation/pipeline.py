@@ -1,10 +1,9 @@
-"""Headless scoring pipelines: statistics of image sources, FID of image folders, and generate-and-score in one
-stream (ALGORITHMS.md section 6, "Evaluation protocol"; EDM ``fid.py`` ``ref`` / ``calc``).
+"""Headless scoring pipelines: statistics of image sources and FID of image folders (ALGORITHMS.md section 6,
+"Evaluation protocol"; EDM ``fid.py`` ``ref`` / ``calc``).  Generate-and-score (``fid sample``) lives in
+``generate/score.py``.
 
-Multi-process: launched with ``torchrun``, each rank takes every ``world``-th image / seed and the statistics are
-merged with :meth:`RunningStats.all_reduce` (gloo on CPU, NCCL on GPUs).  ``sample_and_score`` draws the initial
-noise of every seed on its own (``x_T = sigma_max * randn(Generator(seed))``, ``samplers.presets.initial_noise``) and
-passes per-sample seeds to the sampler, so the images do not depend on the batch size or the number of processes.
+Multi-process: launched with ``torchrun``, each rank takes every ``world``-th image and the statistics are merged
+with :meth:`RunningStats.all_reduce` (gloo on CPU, NCCL on GPUs).
 """
 
 from __future__ import annotations
@@ -15,9 +14,7 @@ import json
 import logging
 import os
 import platform
-import re
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +22,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .features import FeatureNet, load_feature_net, to_uint8
-from .images import iter_batches, iter_images, save_png
+from ..runtime import rank_world
+from .features import FeatureNet, load_feature_net
+from .images import iter_batches, iter_images
 from .metrics import fid_from_stats, kid, precision_recall
 from .reference import RefStats, check_feature_net, load_stats, save_stats, sha256_file
-from .stats import RunningStats, _atomic_savez
+from .stats import RunningStats
 
 log = logging.getLogger("adasde")
 
@@ -38,51 +36,6 @@ BUILTIN_DATA = {f"builtin:fmnist-{s}": s for s in FMNIST_SPLITS}
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
-def parse_seeds(spec: str | Sequence[int]) -> list[int]:
-    """``"0-49999"``, ``"0,3,10-12"`` or a list -> list of ints (EDM's ``--seeds`` syntax, ranges inclusive)."""
-    if not isinstance(spec, str):
-        return [int(s) for s in spec]
-    out: list[int] = []
-    for part in spec.split(","):
-        part = part.strip()
-        m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
-        if m:
-            a, b = int(m.group(1)), int(m.group(2))
-            if b < a:
-                raise ValueError(f"seed range {part!r} is empty (end < start)")
-            out.extend(range(a, b + 1))
-        elif re.fullmatch(r"\d+", part):
-            out.append(int(part))
-        else:
-            raise ValueError(f"cannot parse seeds {spec!r} at {part!r}; use e.g. 0-49999 or 0,5,10-19")
-    if len(set(out)) != len(out):
-        raise ValueError(f"seeds {spec!r} contain duplicates")
-    return out
-
-
-def dist_info() -> tuple[int, int]:
-    """(rank, world size) of torch.distributed, (0, 1) when not initialised."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed() -> tuple[int, int]:
-    """Initialise torch.distributed from torchrun's environment (gloo on CPU, NCCL with CUDA); (rank, world)."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and dist.is_available() and not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            dist.init_process_group("nccl")
-        else:
-            dist.init_process_group("gloo")
-    return dist_info()
-
-
 def versions() -> dict[str, str]:
     import scipy
 
@@ -159,7 +112,7 @@ def stats_of_source(
     Returns ``(stats, features, skipped)``: ``features`` holds the first ``keep_features`` feature rows of this rank
     (for KID / precision-recall) or None, ``skipped`` the files skipped with ``on_error="skip"``.
     """
-    rank, world = dist_info()
+    rank, world = rank_world()
     rs = RunningStats(net.dim, meta={**_net_meta(net), "source": str(source)})
     kept: list[np.ndarray] = []
     n_kept = 0
@@ -192,7 +145,7 @@ def compute_reference(
     An existing statistics ``.npz`` (``mu``/``sigma``) as ``data`` is re-saved in ``layout`` with our metadata (its
     feature network is taken from the file or from ``net``).
     """
-    rank, _ = dist_info()
+    rank, _ = rank_world()
     if str(data).endswith(".npz") and Path(data).is_file():
         with np.load(data, allow_pickle=False) as z:
             is_stats = {"mu", "sigma"} <= set(z.files)
@@ -281,160 +234,6 @@ def _ref_info(path: Any, ref: RefStats) -> dict[str, Any]:
     if Path(str(path)).is_file():
         info["sha256"] = sha256_file(path)
     return info
-
-
-# ------------------------------------------------------------------------------------------ generate and score
-def resolve_sampler(name: str) -> Any:
-    """Sampler function ``name`` from ``samplers.SAMPLERS`` (or ``samplers.sample_<name>``)."""
-    from .. import samplers
-
-    table = getattr(samplers, "SAMPLERS", None) or {}
-    fn = table.get(name) if isinstance(table, dict) else None
-    fn = fn or getattr(samplers, f"sample_{name}", None)
-    if fn is None:
-        known = sorted(table) if isinstance(table, dict) and table else ["adasde"]
-        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(known)}")
-    return fn
-
-
-def sampler_setup(
-    model: Any, sampler: str, coeffs: str | os.PathLike | None = None, nfe: int | None = None,
-    steps: int | None = None, schedule: str | None = None, rho: float | None = None,
-) -> tuple[Any, torch.Tensor, dict[str, Any], dict[str, Any]]:
-    """(sampler fn, sigma grid, sampler options, protocol fields) for ``fid sample``.
-
-    ``coeffs``: a coefficient file (its grid and AFS are used; the NFE is the file's).  Else ``nfe`` uses the paper
-    presets (``samplers.presets.preset``), or ``steps`` grid points of ``schedule`` (default: the paper's schedule
-    for the sampler).
-    """
-    from ..samplers.presets import PAPER_SCHEDULES, preset
-    from ..samplers.schedules import get_sigmas
-
-    fn = resolve_sampler(sampler)
-    proto: dict[str, Any] = {"sampler": sampler}
-    options: dict[str, Any] = {}
-    if coeffs is not None:
-        from ..coefficients import load as load_coefficients
-
-        c = load_coefficients(coeffs)
-        sigmas = c.sigmas.to(torch.float32)
-        options["coeffs"] = c
-        if getattr(c, "afs", None) is not None and sampler in ("adasde", "amed"):
-            options["afs"] = bool(c.afs)
-        if sampler == "amed" and getattr(c, "predictor", None):
-            options["features"] = model.bottleneck
-        if nfe is not None and nfe != c.nfe:
-            raise ValueError(f"{coeffs}: coefficients were trained for NFE {c.nfe}, but --nfe {nfe} was asked")
-        proto.update(coeffs=str(coeffs), coeffs_sha256=sha256_file(coeffs), nfe=int(c.nfe), schedule=c.schedule)
-    elif nfe is not None:
-        sched = (schedule, rho if rho is not None else 1.0) if schedule else None
-        sigmas, options = preset(sampler, int(nfe), model.sigma_min, model.sigma_max,
-                                 model_sigmas=getattr(model, "model_sigmas", None), schedule=sched)
-        proto.update(nfe=int(nfe), schedule=list(sched or PAPER_SCHEDULES.get(sampler, ("polynomial", 7.0))))
-    elif steps is not None:
-        kind, r = (schedule, rho) if schedule else PAPER_SCHEDULES.get(sampler, ("polynomial", 7.0))
-        sigmas = get_sigmas(kind, int(steps), model.sigma_min, model.sigma_max, rho=r,
-                            model_sigmas=getattr(model, "model_sigmas", None))
-        proto.update(steps=int(steps), schedule=[kind, r])
-    else:
-        raise ValueError("fid sample needs --coeffs FILE, --nfe K or --steps N")
-    try:
-        from ..samplers import nfe as count_nfe
-
-        proto["nfe"] = int(count_nfe(sampler, sigmas, **options))  # exact model calls per sample
-    except (ImportError, ValueError, TypeError) as exc:  # custom sampler outside the registry
-        proto.setdefault("nfe", None)
-        proto["nfe_note"] = f"not counted ({exc})"
-    if nfe is not None and proto["nfe"] not in (None, int(nfe)):
-        raise ValueError(f"sampler {sampler!r} on this grid makes {proto['nfe']} model calls, not --nfe {nfe}")
-    proto["sigmas"] = [float(s) for s in sigmas]
-    proto["options"] = {k: v for k, v in options.items() if isinstance(v, (bool, int, float, str))}
-    return fn, sigmas, options, proto
-
-
-def _state_path(path: str | os.PathLike, rank: int, world: int) -> Path:
-    p = Path(path)
-    return p if world == 1 else p.with_name(f"{p.stem}.rank{rank}of{world}{p.suffix or '.npz'}")
-
-
-def sample_and_score(
-    model: str, sampler: str, seeds: str | Sequence[int], ref: str | os.PathLike, coeffs: str | None = None,
-    nfe: int | None = None, steps: int | None = None, schedule: str | None = None, rho: float | None = None,
-    batch: int = 64, net: str | None = None, device: str | torch.device | None = None, weights: str | None = None,
-    allow_download: bool = False, out_images: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
-    checkpoint_every: float = 300.0, progress: bool = True, model_kwargs: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """``adasde fid sample``: generate the images of ``seeds`` with ``sampler`` and score them in one stream.
-
-    Each rank (torchrun) takes every ``world``-th seed; ``resume`` names a state file (one per rank when several)
-    saved atomically every ``checkpoint_every`` seconds and at the end; a rerun with the same arguments continues
-    where it stopped.  Returns the result dict (value + full protocol); only rank 0's matters.
-    """
-    from ..loaders import load_model
-
-    rank, world = dist_info()
-    seed_list = parse_seeds(seeds)
-    ref_stats = load_stats(ref)
-    dev = torch.device(device) if device is not None else (
-        torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu"))
-    net = net or ref_stats.feature_net or "inception"
-    check_feature_net(ref_stats, _net_name(net))
-    fnet = load_feature_net(net, device=dev, weights=weights, allow_download=allow_download)
-    check_feature_net(ref_stats, fnet.name, dim=fnet.dim)
-    den = load_model(model, device=dev, **(model_kwargs or {}))
-    fn, sigmas, options, proto = sampler_setup(den, sampler, coeffs=coeffs, nfe=nfe, steps=steps,
-                                               schedule=schedule, rho=rho)
-    sigmas = sigmas.to(dev)
-    protocol = {"model": model, **proto, "seeds": seeds if isinstance(seeds, str) else f"{len(seed_list)} seeds",
-                "num_seeds": len(seed_list), "feature_net": fnet.name, "feature_info": fnet.info,
-                "initial_noise": "x_T = sigma_max * randn(torch.Generator().manual_seed(seed)), per seed"}
-    key = json.dumps({k: protocol[k] for k in ("model", "sampler", "sigmas", "seeds", "feature_net")} |
-                     {"ref": sha256_file(ref), "options": proto["options"]}, sort_keys=True, default=str)
-    shard = seed_list[rank::world]
-    rs = RunningStats(fnet.dim, meta=_net_meta(fnet))
-    done = 0
-    state = _state_path(resume, rank, world) if resume else None
-    if state is not None and state.is_file():
-        with np.load(state, allow_pickle=False) as z:
-            saved = json.loads(str(z["progress"][()]))
-            if saved.get("key") != key:
-                raise ValueError(f"{state}: resume state belongs to another run (different model/sampler/grid/"
-                                 "seeds/feature network/reference); delete it or choose another --resume file")
-            rs = RunningStats.from_arrays(z, source=str(state))
-            done = int(saved["done"])
-        log.info("resuming %s at %d/%d seeds", state, done, len(shard))
-
-    def save_state() -> None:
-        if state is not None:
-            _atomic_savez(state, **rs.state_arrays(), progress=np.array(json.dumps({"key": key, "done": done})))
-
-    t0, last = time.time(), time.time()
-    with tqdm(total=len(shard), initial=done, desc=f"fid sample {sampler}", unit="img",
-              disable=not progress or rank != 0) as bar:
-        from ..samplers.presets import initial_noise
-
-        for i in range(done, len(shard), batch):
-            s = shard[i : i + batch]
-            x = initial_noise(s, den.sample_shape, den.sigma_max, device=dev)
-            with torch.no_grad():
-                y = fn(den, x, sigmas, extra_args={"seed": s}, disable=True, **options)
-                imgs = to_uint8(den.decode(y).float().clamp(0, 1))
-            rs.update(fnet(imgs))
-            if out_images is not None:
-                for seed, img in zip(s, imgs.cpu()):
-                    save_png(img, Path(out_images) / f"{seed:06d}.png")
-            done = i + len(s)
-            bar.update(len(s))
-            if state is not None and time.time() - last >= checkpoint_every:
-                save_state()
-                last = time.time()
-    save_state()
-    rs.all_reduce()
-    fd = fid_from_stats(rs, ref_stats)
-    return {"metric": fnet.metric, "value": fd.value, "frechet": fd.as_dict(), "num_images": rs.n,
-            "protocol": {**protocol, "reference": _ref_info(ref, ref_stats), "batch": batch, "world_size": world,
-                         "device": str(dev), "out_images": str(out_images) if out_images else None},
-            "date": _now(), "seconds": round(time.time() - t0, 3), "versions": versions()}
 
 
 # ------------------------------------------------------------------------------------------ FD-FMNIST references

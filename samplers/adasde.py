@@ -78,15 +78,20 @@ def untrained_tables(steps: int, K: int = 1, afs: bool = False, note: str = "") 
     return StepTables(**full, afs=afs, trained=False, note=note)
 
 
-def _grid_match(host: list[float], trained: list[float]) -> int | None:
-    """Offset ``o`` such that ``host == trained[o:]`` within GRID_RTOL, else None."""
-    o = len(trained) - len(host)
-    if o < 0:
+def fit_grid(host: Sequence[float], trained: Sequence[float]) -> int | None:
+    """Offset ``o`` such that ``host == trained[o : o + len(host)]`` within GRID_RTOL, else None.
+
+    A host grid fits a coefficient set when it is a contiguous part of the trained grid: the whole grid, a suffix
+    (img2img, denoise < 1) or any segment (a sampling run split in stages).  docs/ALGORITHMS.md section 10.
+    """
+    if not host or len(host) > len(trained):
         return None
-    for h, t in zip(host, trained[o:]):
-        if abs(h - t) > GRID_RTOL * max(abs(t), 1e-12):
-            return None
-    return o
+    tol = GRID_RTOL * max(abs(host[0]), 1e-12)
+    starts = [o for o, t in enumerate(trained[: len(trained) - len(host) + 1]) if abs(t - host[0]) <= tol]
+    for o in starts:
+        if all(abs(h - t) <= GRID_RTOL * max(abs(t), 1e-12) for h, t in zip(host, trained[o:])):
+            return o
+    return None
 
 
 def _check_tables(coeffs: Any) -> list[float]:
@@ -126,8 +131,9 @@ def resolve_tables(
 ) -> StepTables:
     """Rows of ``coeffs`` (a ``Coefficients`` record) that fit the positive sigma ``grid``.
 
-    Rules (docs/ARCHITECTURE.md): the grid must equal the trained grid, or a suffix of it (img2img / denoise < 1, where
-    sampling starts at a lower sigma: rows ``offset..`` are used, AFS off); anything else (other step count, other
+    Rules (docs/ARCHITECTURE.md): the grid must be a contiguous part of the trained grid (:func:`fit_grid`: the whole
+    grid, a suffix for img2img / denoise < 1, or a segment of a split run: rows ``offset..`` are used, AFS only from
+    the trained sigma_max); anything else (other step count, other
     schedule, other sigma range) falls back to untrained AdaSDE (= DPM-Solver-2) with a
     :class:`CoefficientMismatchWarning` naming the mismatch.  AFS is used only when the coefficients were trained with
     it and sampling starts at the trained sigma_max (pure noise); an explicit ``afs`` overrides that.
@@ -136,7 +142,7 @@ def resolve_tables(
     if coeffs is None:
         return untrained_tables(steps, afs=bool(afs))
     trained_grid = _check_tables(coeffs)
-    offset = _grid_match(grid, trained_grid)
+    offset = fit_grid(grid, trained_grid)
     if offset is None:
         name = getattr(coeffs, "source", None) or "the coefficient set"
         msg = (

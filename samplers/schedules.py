@@ -11,8 +11,8 @@ import math
 
 import torch
 
-SCHEDULES = ("polynomial", "logsnr", "time_uniform", "discrete")
-DEFAULT_RHO = {"polynomial": 7.0, "logsnr": 1.0, "time_uniform": 1.0, "discrete": 1.0}
+SCHEDULES = ("polynomial", "logsnr", "time_uniform", "discrete", "flow_shift")
+DEFAULT_RHO = {"polynomial": 7.0, "logsnr": 1.0, "time_uniform": 1.0, "discrete": 1.0, "flow_shift": 1.0}
 _EPS_S = 1e-3  # smallest VP time of the time_uniform fit (section 2, item 3)
 
 
@@ -84,8 +84,10 @@ def get_sigmas(
     """``n`` decreasing sigmas of a schedule (ALGORITHMS.md section 2).
 
     ``polynomial`` (EDM/Karras, rho 7), ``logsnr`` (log sigma linear), ``time_uniform`` (VP-SDE fit through sigma_min
-    and sigma_max, uniform in t**(1/rho), rho 1) and ``discrete`` (uniform in the time of a model's sigma table,
-    rho 1; sigma_min/sigma_max default to the table's ends).  Computed in float64, returned in ``dtype``.
+    and sigma_max, uniform in t**(1/rho), rho 1), ``discrete`` (uniform in the time of a model's sigma table,
+    rho 1; sigma_min/sigma_max default to the table's ends) and ``flow_shift`` (flow models: uniform in the flow time
+    t with sigma = shift t / (1 + (shift - 1) t); here ``rho`` is the shift, e.g. 3 for SD3).  Computed in
+    float64, returned in ``dtype``.
     """
     if kind == "discrete":
         if model_sigmas is None:
@@ -111,6 +113,12 @@ def get_sigmas(
         beta_d, beta_min = vp_fit(smin, smax)
         t = (1 + u * (_EPS_S ** (1 / rho) - 1)) ** rho
         s = torch.sqrt(torch.expm1(0.5 * beta_d * t**2 + beta_min * t))
+    elif kind == "flow_shift":
+        if smax > 1:
+            raise ValueError(f"the 'flow_shift' schedule is for flow models (sigma <= 1), got sigma_max={smax}")
+        t_of = lambda v: v / (rho - (rho - 1) * v)  # noqa: E731 - inverse of the shift map
+        t = t_of(smax) + u * (t_of(smin) - t_of(smax))
+        s = rho * t / (1 + (rho - 1) * t)
     else:  # discrete
         t_max = float(discrete_sigma_to_t(torch.tensor(smax), model_sigmas))
         t_min = float(discrete_sigma_to_t(torch.tensor(smin), model_sigmas))

@@ -31,7 +31,7 @@ def clean() -> torch.Tensor:
 def test_attributes(model) -> None:
     assert model.family == "builtin-fmnist" and model.prediction == "edm" and model.flow is False
     assert (model.sigma_min, model.sigma_max) == (0.002, 80.0)
-    assert model.sample_shape == (1, 28, 28) and model.default_schedule == ("time_uniform", 1.0)
+    assert model.sample_shape == (1, 28, 28) and model.default_schedule == ("polynomial", 7.0)
     assert model.model_sigmas is None
     assert model.identity()["family"] == "builtin-fmnist"
 

@@ -11,9 +11,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from adasde.evaluation import FeatureNet, RunningStats, register_feature_net, sample_and_score, save_stats, to_uint8
-from adasde.evaluation import pipeline as pipeline_mod
+from adasde.evaluation import FeatureNet, RunningStats, register_feature_net, save_stats, to_uint8
 from adasde.evaluation.features import to_channels
+from adasde.generate import loop as loop_mod
+from adasde.generate.score import sample_and_score
 
 MODEL, SAMPLER, SEEDS = "testbed:gmm", "adasde", "0-6"  # exact GMM denoiser, 1 x 8 x 8 samples
 
@@ -53,7 +54,7 @@ def _worker(rank: int, world: int, tmp: str) -> None:
     try:
         x = _data()
         rs = RunningStats(4).update(x[rank::world]).all_reduce()
-        res = sample_and_score(MODEL, SAMPLER, SEEDS, f"{tmp}/ref.npz", steps=3, batch=2, device="cpu",
+        res = sample_and_score(MODEL, SAMPLER, SEEDS, f"{tmp}/ref.npz", steps=2, batch=2, device="cpu",
                                progress=False, resume=f"{tmp}/state.npz", checkpoint_every=0,
                                out_images=f"{tmp}/png2")
         if rank == 0:
@@ -73,7 +74,7 @@ def test_two_gloo_processes_equal_one(tmp_path):
     assert merged.n == 41
     two = json.loads((tmp_path / "res.json").read_text())
     assert sorted(p.name for p in tmp_path.glob("state.rank*")) == ["state.rank0of2.npz", "state.rank1of2.npz"]
-    one = sample_and_score(MODEL, SAMPLER, SEEDS, tmp_path / "ref.npz", steps=3, batch=4, device="cpu",
+    one = sample_and_score(MODEL, SAMPLER, SEEDS, tmp_path / "ref.npz", steps=2, batch=4, device="cpu",
                            progress=False, out_images=tmp_path / "png1")
     # the images are bit-identical whatever the batch size and the number of processes (per-seed noise) ...
     names = sorted(p.name for p in (tmp_path / "png1").iterdir())
@@ -89,42 +90,37 @@ def test_two_gloo_processes_equal_one(tmp_path):
 
 def test_resume_and_saved_images(tmp_path, monkeypatch):
     ref = _make_ref(tmp_path / "ref.npz")
-    full = sample_and_score(MODEL, SAMPLER, SEEDS, ref, steps=3, batch=3, device="cpu", progress=False,
+    full = sample_and_score(MODEL, SAMPLER, SEEDS, ref, steps=2, batch=3, device="cpu", progress=False,
                             out_images=tmp_path / "png")
     assert sorted(p.name for p in (tmp_path / "png").iterdir())[:2] == ["000000.png", "000001.png"]
     proto = full["protocol"]
     assert proto["model"] == MODEL and proto["sampler"] == SAMPLER and proto["reference"]["sha256"]
-    assert proto["feature_net"] == "test-pool" and proto["steps"] == 3 and len(proto["sigmas"]) == 3
+    assert proto["feature_net"] == "test-pool" and proto["steps"] == 2 and len(proto["sigmas"]) == 3
     assert proto["nfe"] == 4  # untrained AdaSDE (= DPM-Solver-2) on 3 points: 2 calls per step
 
     # interrupted after the first batch, then resumed: same result as one pass
-    real = pipeline_mod.resolve_sampler
+    real = loop_mod.SAMPLERS[SAMPLER]
     calls = {"n": 0}
 
-    def flaky(name):
-        fn = real(name)
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
 
-        def run(*a, **k):
-            calls["n"] += 1
-            if calls["n"] == 2:
-                raise KeyboardInterrupt
-            return fn(*a, **k)
-
-        return run
-
-    monkeypatch.setattr(pipeline_mod, "resolve_sampler", flaky)
+    monkeypatch.setitem(loop_mod.SAMPLERS, SAMPLER, flaky)
     state = tmp_path / "state.npz"
     with pytest.raises(KeyboardInterrupt):
-        sample_and_score(MODEL, SAMPLER, SEEDS, ref, steps=3, batch=3, device="cpu", progress=False, resume=state,
+        sample_and_score(MODEL, SAMPLER, SEEDS, ref, steps=2, batch=3, device="cpu", progress=False, resume=state,
                          checkpoint_every=0)
-    monkeypatch.setattr(pipeline_mod, "resolve_sampler", real)
+    monkeypatch.setitem(loop_mod.SAMPLERS, SAMPLER, real)
     with np.load(state, allow_pickle=False) as z:
         assert json.loads(str(z["progress"]))["done"] == 3
-    resumed = sample_and_score(MODEL, SAMPLER, SEEDS, ref, steps=3, batch=3, device="cpu", progress=False,
+    resumed = sample_and_score(MODEL, SAMPLER, SEEDS, ref, steps=2, batch=3, device="cpu", progress=False,
                                resume=state)
     assert resumed["value"] == pytest.approx(full["value"], rel=1e-6) and resumed["num_images"] == 7
     with pytest.raises(ValueError, match="belongs to another run"):
-        sample_and_score(MODEL, SAMPLER, "0-3", ref, steps=3, batch=3, device="cpu", progress=False, resume=state)
+        sample_and_score(MODEL, SAMPLER, "0-3", ref, steps=2, batch=3, device="cpu", progress=False, resume=state)
 
     # the written PNGs score exactly like the in-memory stream (same uint8 quantisation)
     from adasde.evaluation import score_images
@@ -133,7 +129,7 @@ def test_resume_and_saved_images(tmp_path, monkeypatch):
     assert calc["value"] == pytest.approx(full["value"], rel=1e-6)
 
 
-def test_cli_sample_with_nfe(tmp_path):
+def test_cli_sample_with_nfe(tmp_path, capsys):
     from adasde.cli import main
 
     ref = _make_ref(tmp_path / "ref.npz")
@@ -143,6 +139,8 @@ def test_cli_sample_with_nfe(tmp_path):
     res = json.loads(out.read_text())
     assert res["protocol"]["nfe"] == 3 and res["protocol"]["schedule"] == ["polynomial", 7.0]
     assert res["num_images"] == 4 and res["metric"] == "FD-test" and res["versions"]["adasde"]
-    with pytest.raises(ValueError, match="unknown sampler"):
-        main(["fid", "sample", "--model", MODEL, "--sampler", "nope", "--nfe", "3", "--seeds", "0-1",
-              "--ref", str(ref), "--quiet"])
+    capsys.readouterr()
+    assert main(["fid", "sample", "--model", MODEL, "--sampler", "nope", "--nfe", "3", "--seeds", "0-1",
+                 "--ref", str(ref), "--quiet"]) == 2  # a user error: one line, exit 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown sampler 'nope'" in err[0]

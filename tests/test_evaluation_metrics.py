@@ -16,10 +16,10 @@ from adasde.evaluation import (
     frechet_distance,
     kid,
     load_stats,
-    parse_seeds,
     precision_recall,
     save_stats,
 )
+from adasde.generate import parse_seeds
 
 
 def _rand_cov(rng: np.random.Generator, d: int, n: int) -> np.ndarray:

@@ -92,7 +92,7 @@ def test_suffix_grid_uses_its_rows_without_afs() -> None:
 
 @pytest.mark.parametrize("grid", [get_sigmas("time_uniform", 5, 0.002, 80.0, dtype=torch.float64),
                                   get_sigmas("polynomial", 6, 0.002, 80.0, dtype=torch.float64),
-                                  GRID[:-1]])
+                                  torch.cat([GRID[:2], GRID[3:]])])
 def test_mismatched_grid_warns_and_equals_dpm_2(grid: torch.Tensor) -> None:
     co = _coeffs(GRID, afs=True)
     co.source = "cifar-nfe9.safetensors"
@@ -102,6 +102,18 @@ def test_mismatched_grid_warns_and_equals_dpm_2(grid: torch.Tensor) -> None:
     msg = str(rec[0].message)
     assert "cifar-nfe9.safetensors" in msg and "6-point grid" in msg and f"{grid.numel()}-point grid" in msg
     assert torch.equal(out, sample_dpm_2(model, x.clone(), grid, disable=True))
+
+
+def test_a_segment_of_the_trained_grid_uses_its_rows() -> None:
+    """The first and second stage of a split run (any contiguous part of the trained grid) use the trained rows:
+    the prefix from row 0 with AFS, a middle segment from its own row without."""
+    co = _coeffs(GRID, afs=True)
+    first = resolve_tables(co, GRID[:-2].tolist())
+    assert first.trained and first.offset == 0 and first.afs and first.steps == co.steps - 2
+    torch.testing.assert_close(first.r, co.r[: co.steps - 2].double())
+    middle = resolve_tables(co, GRID[1:4].tolist())
+    assert middle.trained and middle.offset == 1 and not middle.afs
+    torch.testing.assert_close(middle.gamma, co.gamma[1:3].double())
 
 
 def test_bad_tables_name_the_file_and_the_table() -> None:
