@@ -1,5 +1,5 @@
 """Headless scoring pipelines: statistics of image sources, FID of image folders, and generate-and-score in one
-stream (ALGORITHMS.md section 6, "Evaluation protocol"; EDM ``fid.py`` ``ref`` / ``calc``).
+stream (docs/ALGORITHMS.md section 6, "Evaluation protocol"; EDM ``fid.py`` ``ref`` / ``calc``).
 
 Multi-process: launched with ``torchrun``, each rank takes every ``world``-th image / seed and the statistics are
 merged with :meth:`RunningStats.all_reduce` (gloo on CPU, NCCL on GPUs).  ``sample_and_score`` draws the initial

@@ -1,4 +1,4 @@
-"""``adasde sample``: generate images (PNGs and/or a grid) with any sampler and model spec (ALGORITHMS.md section 3.4).
+"""``adasde sample``: images (PNGs and/or a grid) from any sampler and model spec (docs/ALGORITHMS.md section 3.4).
 
 * Initial noise x_T = sigma_max z, z from a CPU generator seeded by the image's seed (``samplers.presets.
   initial_noise``); churn noise from per-sample generators (``extra_args["seed"]``) - so an image depends only on its
