@@ -3,7 +3,7 @@ Gaussian-mixture testbed (docs/TESTBEDS.md section 1.4), CPU, fixed seeds; write
 
 * Model: ``testbed:gmm-error`` (d = 64 synthetic mixture, denoiser of a perturbed mixture with tempered
   responsibilities, so there is a real score error; the exact target is known).
-* For NFE 3, 5, 7, 9 (AFS, N = 3, 4, 5, 6): AdaSDE distilled with the paper's settings (section 3.5 table: dpm2
+* NFE 3, 5, 7, 9 (AFS, N = 3..6): AdaSDE distilled with the paper's settings (docs/ALGORITHMS.md section 3.5: dpm2
   teacher M = 3 (M = 2 at N = 6), lr 0.2 cosine, batch 32, gamma_max 0.02 at N = 3 else 0.01, s_c 0.05 (0.1 at
   N = 5, 6), s_a 0.2, time-uniform rho 1, L2 loss (no Inception here)) and AMED-Solver with the AMED settings (section
   4.4), each for 3 distillation seeds; dpmpp_3m, unipc, ipndm (no AFS, N = NFE + 1) and dpm_2 (AFS) with the paper
@@ -69,7 +69,7 @@ def _sample(model: Any, name: str, nfe: int, x: torch.Tensor, seeds: list[int], 
 
 
 def _value_checks(coeffs: Any) -> list[str]:
-    """Where the learned values leave the paper's sanity ranges (section 3.7)."""
+    """Where the learned values leave the paper's sanity ranges (docs/ALGORITHMS.md section 3.7)."""
     out = []
     r, a, c, g = (getattr(coeffs, k)[:, 0].tolist() for k in ("r", "a", "c", "gamma"))
     n = len(r)

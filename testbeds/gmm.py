@@ -5,7 +5,7 @@ Data p0(y) = sum_k pi_k N(y; mu_k, Sigma_k) with low-rank-plus-isotropic covaria
     Sigma_k = V_k diag(lam_k - tau2_k) V_k^T + tau2_k I,     V_k: d x r orthonormal, lam_k >= tau2_k > 0
 
 so Sigma_k has eigenvalues lam_k on span(V_k) and tau2_k on its complement.  Every quantity below works in that eigen
-form, O(n K d r) per call (the "Woodbury" cost of section 5.1), and covers both parameterisations through
+form, O(n K d r) per call (the "Woodbury" cost of section 1.1), and covers both parameterisations through
 x = alpha y + s n:  sigma form (EDM/VE) is alpha = 1, s = sigma; flow form is alpha = 1 - s (x = (1 - s) y + s n).
 
     p(x) = sum_k pi_k N(x; alpha mu_k, alpha^2 Sigma_k + s^2 I)
@@ -13,7 +13,7 @@ x = alpha y + s n:  sigma form (EDM/VE) is alpha = 1, s = sigma; flow form is al
     E[y | x] = sum_k w_k [mu_k + alpha (V_k (lam_k / c) z + tau2_k res / c_iso)]
 
 with diff = x - alpha mu_k, z = V_k^T diff, res = diff - V_k z, c = alpha^2 lam_k + s^2, c_iso = alpha^2 tau2_k + s^2.
-For alpha = 1 this is section 5.1's D(x; sigma); the score is (D - x) / sigma^2.
+For alpha = 1 this is section 1.1's D(x; sigma); the score is (D - x) / sigma^2.
 """
 
 from __future__ import annotations

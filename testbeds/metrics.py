@@ -186,7 +186,7 @@ class ExactReference:
 
 def evaluate(samples: torch.Tensor, mixture: GaussianMixture, reference_samples: torch.Tensor, bandwidth: float,
              moments: ExactMoments | None = None, reference_solution: torch.Tensor | None = None) -> dict[str, float]:
-    """All section 5.2 metrics of ``samples`` against the exact ``mixture`` in one dict (fd, sw2, mmd2, tv, logp and,
+    """All section 1.2 metrics of ``samples`` against the exact ``mixture`` in one dict (fd, sw2, mmd2, tv, logp and,
     given a reference solve from the same noise, rmse)."""
     out = {
         "fd": frechet_distance(samples, moments or ExactMoments(mixture)),
