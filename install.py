@@ -1,8 +1,10 @@
-"""WebUI extension installer (run by AUTOMATIC1111 / Forge at launch with the WebUI root on ``sys.path``).
+"""WebUI extension installer, run by AUTOMATIC1111 / Forge at launch with the WebUI root on ``sys.path``
+(docs/HOSTS.md section C1).
 
-Installs only what the host lacks; never touches torch (the WebUI manages it).  Outside the WebUI (ComfyUI-Manager
-also runs a custom node's ``install.py``) there is no ``launch`` module and this file does nothing: there the
-dependencies come from ``pyproject.toml`` / ``requirements.txt``.
+Through the WebUI's ``launch`` module it pip-installs ``safetensors``, ``scipy`` and ``tqdm`` when one of them is
+missing, and nothing else: torch, numpy and pillow belong to the WebUI.  Outside the WebUI (ComfyUI-Manager also runs
+a custom node's ``install.py``) there is no ``launch`` module and the file does nothing: ComfyUI already ships every
+package adasde needs, and ``pip install adasde`` takes the dependencies from ``pyproject.toml``.
 """
 
 try:

@@ -1,4 +1,4 @@
-"""``adasde bench builtin``: FD-FMNIST of the built-in Fashion-MNIST model, per solver and NFE (issue 4).
+"""``adasde bench builtin``: FD-FMNIST of the built-in Fashion-MNIST model, per solver and NFE.
 
 * A high-NFE reference (Heun on the polynomial rho-7 grid, >= 35 NFE) against the test-set statistics.
 * The solver table at NFE 3, 5, 7, 9: AdaSDE and AMED with the shipped (distilled) coefficients and the training-free

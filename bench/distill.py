@@ -1,9 +1,9 @@
 """``adasde bench distill``: distilled AdaSDE and AMED-Solver vs training-free solvers on the controlled-error
-Gaussian-mixture testbed (ASSETS.md section 5.5), CPU, fixed seeds; writes ``bench/results/distill.md``.
+Gaussian-mixture testbed (docs/TESTBEDS.md section 1.4), CPU, fixed seeds; writes ``bench/results/distill.md``.
 
 * Model: ``testbed:gmm-error`` (d = 64 synthetic mixture, denoiser of a perturbed mixture with tempered
   responsibilities, so there is a real score error; the exact target is known).
-* For NFE 3, 5, 7, 9 (AFS, N = 3, 4, 5, 6): AdaSDE distilled with the paper's settings (section 3.5 table: dpm2
+* NFE 3, 5, 7, 9 (AFS, N = 3..6): AdaSDE distilled with the paper's settings (docs/ALGORITHMS.md section 3.5: dpm2
   teacher M = 3 (M = 2 at N = 6), lr 0.2 cosine, batch 32, gamma_max 0.02 at N = 3 else 0.01, s_c 0.05 (0.1 at
   N = 5, 6), s_a 0.2, time-uniform rho 1, L2 loss (no Inception here)) and AMED-Solver with the AMED settings (section
   4.4), each for 3 distillation seeds; dpmpp_3m, unipc, ipndm (no AFS, N = NFE + 1) and dpm_2 (AFS) with the paper
@@ -28,14 +28,14 @@ from .common import machine, md_table, today, write_report
 
 NFES = (3, 5, 7, 9)
 BASELINES = ("dpmpp_3m", "unipc", "ipndm", "dpm_2")
-PAPER_RANGES = {  # ALGORITHMS.md section 3.7 "Sanity ranges"
+PAPER_RANGES = {  # docs/ALGORITHMS.md section 3.7 "Sanity ranges"
     "a_first": (0.80, 0.82), "a_other": (0.85, 1.12), "r_end": (0.12, 0.25), "r_mid": (0.39, 0.57),
     "c": (0.99, 1.03), "gamma": (0.0, 1e-3),
 }
 
 
 def adasde_settings(nfe: int) -> dict[str, Any]:
-    """Paper settings per NFE (ALGORITHMS.md section 3.5 table, released exps 00000-00006)."""
+    """Paper settings per NFE (docs/ALGORITHMS.md section 3.5 table, released exps 00000-00006)."""
     n = (nfe + 1) // 2 + 1
     return {"num_steps": n, "afs": True, "M": 2 if n >= 6 else 3, "gamma_max": 0.02 if n == 3 else 0.01,
             "scale_dir": 0.1 if n >= 5 else 0.05, "scale_time": 0.2, "teacher": "dpm2", "lr": 0.2, "cosine": True}
@@ -69,7 +69,7 @@ def _sample(model: Any, name: str, nfe: int, x: torch.Tensor, seeds: list[int], 
 
 
 def _value_checks(coeffs: Any) -> list[str]:
-    """Where the learned values leave the paper's sanity ranges (section 3.7)."""
+    """Where the learned values leave the paper's sanity ranges (docs/ALGORITHMS.md section 3.7)."""
     out = []
     r, a, c, g = (getattr(coeffs, k)[:, 0].tolist() for k in ("r", "a", "c", "gamma"))
     n = len(r)
@@ -200,7 +200,7 @@ def _report(model_spec: str, nfes: tuple[int, ...], repeats: int, trajectories: 
         if a is not None and am is not None:
             lines.append(f"- NFE {k}: AdaSDE {a:.3f} vs AMED-Solver {am:.3f} → AdaSDE "
                          f"{'beats' if a < am else 'does NOT beat'} AMED-Solver.")
-    lines += ["", "## Learned AdaSDE values (seed 0) vs the paper's ranges (ALGORITHMS.md section 3.7)", ""]
+    lines += ["", "## Learned AdaSDE values (seed 0) vs the paper's ranges (docs/ALGORITHMS.md section 3.7)", ""]
     vrows = []
     for k in nfes:
         c = learned.get(("adasde", k))
@@ -241,7 +241,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-amed", action="store_true")
     p.add_argument("--quick", action="store_true", help="smoke test: NFE 5 only, 2 repeats, 256 trajectories")
     p.add_argument("--out-dir", default=None, help="write the report here instead of bench/results")
-    p.add_argument("--name", default="distill", help="report name: bench/results/NAME.md")
+    p.add_argument("--name", default="distill", help="report name: bench/results/<name>.md")
     p.set_defaults(func=_main)
 
 

@@ -1,12 +1,12 @@
-"""``adasde bench fid``: speed of the evaluation pieces on this machine (issue 5) -> bench/results/fid.md.
+"""``adasde bench fid``: speed of the evaluation pieces on this machine -> bench/results/fid.md.
 
-* Frechet distance at 2048-d (the FID size) for each method of ``evaluation.metrics`` (goal: under 1 s on CPU),
+* Frechet distance at 2048-d (the FID size) for each method of ``evaluation.metrics`` (target: under 1 s on CPU),
   with the agreement between methods;
 * ``RunningStats.update`` throughput at 2048-d;
 * feature throughput of both networks on this machine's device (Inception-v3 with *random* weights when the real
   file is absent: identical cost, meaningless features; the Fashion-MNIST classifier with its shipped weights, or
-  random ones when they are not built yet);
-* whether a GPU was available for the Inception-on-GPU goal.
+  random ones when the weights file is missing);
+* whether a GPU was available (the Inception feature pass is meant to run on one).
 """
 
 from __future__ import annotations

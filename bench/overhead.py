@@ -181,7 +181,7 @@ def report(res: dict[str, Any]) -> str:
         "ratio per step is naturally near 2 and its ratio per NFE near 1.  The churn noise of trained AdaSDE comes "
         "from the host's `noise_sampler` when it passes one (e.g. A1111's k-diffusion wrapper with Brownian noise; "
         "its cost is the host's, like the model's), else from our per-sample seeded CPU generators (batch- and "
-        "device-independent noise, ALGORITHMS.md section 3.4), one N(0, I) latent per step after the first: that "
+        "device-independent noise, docs/ALGORITHMS.md section 3.4), one N(0, I) latent per step after the first: that "
         "draw is pure RNG time and does not shrink with the solver.  With a real model (tens of ms per call) all of "
         "these are negligible.\n"
     )
@@ -208,6 +208,6 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=3, help="warm-up runs per sampler (default 3)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--name", default="overhead", help="report name: bench/results/NAME.md (default overhead)")
+    p.add_argument("--name", default="overhead", help="report name: bench/results/<name>.md (default overhead)")
     p.add_argument("--out-dir", default=None, help="write the report here instead of bench/results")
     p.set_defaults(func=run)

@@ -1,16 +1,16 @@
 """``adasde bench solvers``: every sampler of ``samplers.SAMPLERS`` at NFE 3..10 on the exact Gaussian-mixture testbed
-and on its controlled-error variant, with exact metrics and their finite-n floors (ASSETS.md sections 5.2, 5.5);
+and on its controlled-error variant, with exact metrics and their finite-n floors (docs/TESTBEDS.md sections 1.2, 1.4);
 writes ``bench/results/solvers.md``.
 
 * Testbeds: ``testbed:fmnist-gmm`` (K = 10 class-conditional PPCA mixture fitted to Fashion-MNIST, rank 32, d = 784)
   and ``testbed:fmnist-gmm-error`` (the controlled-error denoiser of that mixture, testbeds.gmm.controlled_error).
   ``--quick`` uses the synthetic ``testbed:gmm`` / ``testbed:gmm-error`` (d = 64) with few samples: a smoke run.
-* Grids and schedules as in the papers (samplers/presets.py, ALGORITHMS.md section 2 and 7.1): 1-call-per-step
+* Grids and schedules as in the papers (samplers/presets.py, docs/ALGORITHMS.md sections 2 and 7.1): 1-call-per-step
   solvers N = NFE + 1 points, no AFS; 2-call solvers AFS at odd NFE; polynomial rho 7 (euler, heun, dpm_2, ipndm,
   amed_plugin), logSNR (dpmpp_2m, dpmpp_3m, unipc), time-uniform rho 1 (adasde, amed).  Learned solvers run
   *untrained* here (AdaSDE/AMED = DPM-Solver-2 midpoint; AMED-Plugin = iPNDM with geometric midpoints); distilled
   coefficients are benchmarked by ``adasde bench distill``.
-* The same exact start x_T ~ p(x; sigma_max) for every solver (removes the initialisation error, ASSETS.md 5.1);
+* The same exact start x_T ~ p(x; sigma_max) for every solver (no initialisation error, docs/TESTBEDS.md section 1.1);
   sampling stops at sigma_min (no final denoising), as in the papers.  Every sampler's NFE is counted by a wrapper and
   checked against ``samplers.nfe``.
 """
@@ -112,7 +112,7 @@ def _bench_testbed(spec: str, n: int, nfes: tuple[int, ...], solvers: tuple[str,
             rows[(name, k)] = m
             settings[(name, k)] = setting
             bar.update(1)
-    # where Heun overtakes Euler (paper tables: near NFE 10 on CIFAR-10; ASSETS.md 5.3: later on a GMM)
+    # where Heun overtakes Euler (paper tables: near NFE 10 on CIFAR-10; docs/TESTBEDS.md section 1.3: later on a GMM)
     crossing = {}
     for name in ("euler", "heun"):
         for k in CROSSING_NFES:
@@ -138,7 +138,7 @@ def _fmt(v: float | None, key: str) -> str:
 
 
 def _patterns(res: dict[str, Any], nfes: tuple[int, ...]) -> list[str]:
-    """The known pattern of the paper tables (ALGORITHMS.md 7.1, 7.4), checked on FD; reported either way."""
+    """The known pattern of the paper tables (docs/ALGORITHMS.md sections 7.1, 7.4), checked on FD; reported anyway."""
     rows, out = res["rows"], []
     fd = lambda s, k: rows.get((s, k), {}).get("fd", float("nan"))  # noqa: E731
     low = [k for k in nfes if k <= 5 and ("heun", k) in rows and ("euler", k) in rows]
@@ -204,8 +204,8 @@ unipc, time-uniform rho 1 for adasde/amed. adasde/amed/amed_plugin run **untrain
 midpoint on the time-uniform grid; AMED-Plugin = iPNDM with geometric midpoints); distilled coefficients are in
 `bench/results/distill.md`. Every run's model calls were counted and equal `samplers.nfe`.
 
-Metrics (testbeds/metrics.py, all against the exact target, ASSETS.md 5.2): FD = Frechet distance to the exact
-moments m*, S*; RMSE = root-mean-square difference to a Heun reference solve ({ref_steps} steps, polynomial rho 7)
+Metrics (testbeds/metrics.py, against the exact target, docs/TESTBEDS.md section 1.2): FD = Frechet distance to
+the exact moments m*, S*; RMSE = root-mean-square difference to a Heun reference solve ({ref_steps} steps, rho 7)
 of the *same* denoiser from the same x_T (pure discretisation error; on the error testbed the reference itself carries
 the denoiser's error); TV = mode-weight total variation (argmax-likelihood component vs pi); SW2 = sliced W2 over 256
 fixed directions vs {n} exact samples; MMD^2 = unbiased RBF MMD^2 (bandwidth = median distance of the exact samples,
@@ -215,7 +215,7 @@ Reading notes: (1) 2-call solvers on few points take a few huge steps; the last 
 sigma 1.29 -> 0.002 at N = 4 and 0.65 -> 0.002 at N = 6, whose geometric midpoint (r = 0.5: 0.051, 0.036) is far
 below the scale where the mixture's posterior mean changes (component residual std 0.12-0.26), so the untrained
 midpoint step extrapolates a large direction over the whole interval; the learned AdaSDE/AMED coefficients move this
-point (r ~ 0.15 at the last step, ALGORITHMS.md 3.7).  (2) Heun's trapezoidal correction fails the same way on the
+point (r ~ 0.15 at the last step, docs/ALGORITHMS.md section 3.7).  (2) Heun's trapezoidal step fails likewise on the
 rho-7 grid at low NFE (the known "Heun collapse").  (3) On the `-error` testbed even the reference solve carries the
 denoiser's error (its FD is above the floor): that gap is what no ODE solver can remove.
 """]

@@ -1,4 +1,4 @@
-"""The FD-FMNIST feature network: a small Fashion-MNIST CNN classifier (ASSETS.md section 8) and its reference
+"""The FD-FMNIST feature network: a small Fashion-MNIST CNN classifier (docs/TESTBEDS.md section 3.2) and its reference
 statistics.
 
 ``FMNISTClassifier`` takes images as float tensors in [0, 1] of shape ``[N, 1, 28, 28]``:

@@ -1,4 +1,4 @@
-"""Fashion-MNIST IDX reader (the Debian ``dataset-fashion-mnist`` files, ASSETS.md section 3).
+"""Fashion-MNIST IDX reader (the Debian ``dataset-fashion-mnist`` files, docs/TESTBEDS.md section 2).
 
 The IDX format (LeCun et al.): big-endian magic ``0x0000 08 NN`` (``08`` = unsigned byte, ``NN`` = number of
 dimensions), then ``NN`` big-endian uint32 sizes, then the raw uint8 data.  Files are gzip-compressed.

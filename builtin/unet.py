@@ -1,8 +1,8 @@
-"""A small EDM-preconditioned convolutional U-Net for 28x28x1 Fashion-MNIST (ASSETS.md section 7(a)).
+"""A small EDM-preconditioned convolutional U-Net for 28x28x1 Fashion-MNIST (docs/TESTBEDS.md section 3.1).
 
-No attention (too slow on CPU, ASSETS.md section 4): GroupNorm + SiLU residual blocks with scale/shift noise
+No attention (too slow on CPU, docs/TESTBEDS.md section 3.1): GroupNorm + SiLU residual blocks with scale/shift noise
 conditioning, average-pool downsampling and nearest-neighbour upsampling.  The network ``F`` is wrapped in the EDM
-preconditioning of ALGORITHMS.md section 1.1 (Karras et al. 2022, Table 1):
+preconditioning of docs/ALGORITHMS.md section 1.1 (Karras et al. 2022, Table 1):
 
     D(x; s) = c_skip(s) x + c_out(s) F(c_in(s) x, c_noise(s)),
     c_skip = sd^2 / (s^2 + sd^2),  c_out = s sd / sqrt(s^2 + sd^2),  c_in = 1 / sqrt(s^2 + sd^2),
@@ -159,7 +159,7 @@ class UNet(nn.Module):
 
 
 def edm_precond(sigma: torch.Tensor, sigma_data: float = 0.5) -> tuple[torch.Tensor, ...]:
-    """(c_skip, c_out, c_in, c_noise) of EDM (ALGORITHMS.md section 1.1), shapes as ``sigma``."""
+    """(c_skip, c_out, c_in, c_noise) of EDM (docs/ALGORITHMS.md section 1.1), shapes as ``sigma``."""
     s2 = sigma * sigma
     d2 = sigma_data * sigma_data
     c_skip = d2 / (s2 + d2)
@@ -170,7 +170,7 @@ def edm_precond(sigma: torch.Tensor, sigma_data: float = 0.5) -> tuple[torch.Ten
 
 
 class FMNISTDenoiser(Denoiser):
-    """The embedded Fashion-MNIST model as a :class:`loaders.Denoiser`: D(x; s) per ALGORITHMS.md section 1.1.
+    """The embedded Fashion-MNIST model as a :class:`loaders.Denoiser`: D(x; s) per docs/ALGORITHMS.md section 1.1.
 
     ``x`` is ``[N, 1, 28, 28]`` in data units ([-1, 1] images plus noise), ``sigma`` a ``[N]`` vector.  The U-Net
     runs in the module's dtype; the preconditioning and the returned D are in ``x``'s dtype.

@@ -1,7 +1,7 @@
 """The coefficient file format: one ``.safetensors`` file, tensors plus JSON metadata (docs/ARCHITECTURE.md).
 
 Tensors: ``r, a, c, gamma, w`` (``[steps, K]``, float32), ``sigmas`` (``[steps + 1]``, float64, the positive student
-grid of ALGORITHMS.md section 2) and, for AMED, the predictor weights under the prefix ``predictor.`` (section 4.1).
+grid of docs/ALGORITHMS.md section 2) and, for AMED, the predictor weights, prefix ``predictor.`` (section 4.1).
 Everything else is JSON under the metadata key ``"adasde"``.  Reading never executes code: the safetensors header is
 parsed as JSON by :func:`read_header` (also used by the fast lookup) and every value is validated; any problem raises
 :class:`CoefficientFileError` naming the file, the value and the fix.
@@ -100,7 +100,7 @@ def _finite(p: Any, name: str, t: torch.Tensor) -> None:
 
 
 def validate(coeffs: Coefficients, where: Any = None) -> None:
-    """Raise :class:`CoefficientFileError` unless ``coeffs`` is consistent (shapes, ranges, names; ALGORITHMS.md
+    """Raise :class:`CoefficientFileError` unless ``coeffs`` is consistent (shapes, ranges, names; docs/ALGORITHMS.md
     sections 3.1 and 4.1): r in (0, 1), a > 0, c > 0, gamma >= 0, rows of w on the simplex, ``steps + 1`` positive
     strictly decreasing sigmas, known kind / base / schedule / prediction."""
     p = where if where is not None else (coeffs.source or "<in memory>")

@@ -172,7 +172,7 @@ def find_coefficients(
     kind: str | None = "adasde",
 ) -> Coefficients | None:
     """The preferred coefficient set for a model, loaded and validated, or None when nothing fits (callers then fall
-    back to untrained AdaSDE with a warning, ALGORITHMS.md section 10).  ``steps`` counts student intervals (grid
+    back to untrained AdaSDE with a warning, docs/ALGORITHMS.md section 10).  ``steps`` counts student intervals (grid
     points - 1); ``nfe`` is the file's NFE on its trained grid (section 3.3).  A file whose header matches but whose
     data is broken is skipped with a warning."""
     for e in matching(family, prediction, steps, nfe, dirs, kind):

@@ -1,7 +1,7 @@
 """Importing the official AdaSDE ``network-snapshot-*.pkl`` predictors without running their code.
 
-The files are EDM-persistence pickles of ``dict(model=adasde_predictor, loss_fn=...)`` (ALGORITHMS.md section 3.6,
-ASSETS.md section 6) that embed class source code which the original loader executes.  :class:`SafeUnpickler`
+The files are EDM-persistence pickles of ``dict(model=adasde_predictor, loss_fn=...)`` (docs/ALGORITHMS.md
+section 3.6) that embed class source code which the original loader executes.  :class:`SafeUnpickler`
 resolves only a whitelist of globals (torch tensor/storage rebuild functions, dtypes and devices, numpy arrays and
 scalars, ``collections.OrderedDict``, builtin containers) and turns every ``torch_utils.*``, ``training.*``,
 ``solvers.*`` and ``dnnlib.*`` object into an inert :class:`Stub` that records its state; anything else is refused
@@ -27,7 +27,7 @@ from .io import CoefficientFileError
 from .record import Coefficients, ModelIdentity
 
 STUB_PREFIXES = ("torch_utils", "training", "solvers", "dnnlib")
-GAMMA_MIN_PICKLE = 1e-4  # gamma floor carried by the released pickles (ASSETS.md section 6)
+GAMMA_MIN_PICKLE = 1e-4  # gamma floor carried by the released pickles (docs/ALGORITHMS.md section 3.6)
 GAMMA_BIAS = 2 * math.log(0.6 / 0.4)  # section 3.1: gamma = g_min + (g_max - g_min) sigmoid((raw + b) / 2)
 _CONTAINERS = {"dict", "list", "tuple", "set", "frozenset", "bytearray", "bytes", "str", "int", "float", "bool",
                "complex", "slice", "range", "object"}
@@ -223,7 +223,7 @@ def _num(x: Any) -> float:
 
 
 def decode_predictor(state: dict[str, Any], where: Any = "<state>") -> dict[str, Any]:
-    """Effective ``r, a, c, gamma, w`` from the raw tables (ALGORITHMS.md section 3.1):
+    """Effective ``r, a, c, gamma, w`` from the raw tables (docs/ALGORITHMS.md section 3.1):
     r = sigmoid(raw); c = 1 + min(s_c, .99) tanh(raw/2); a = 1 + min(s_a, .99) tanh(raw/2);
     gamma = g_min + (g_max - g_min) sigmoid((raw + 2 ln 1.5) / 2); w = softmax_k(raw); a flag of 0 disables the
     quantity (c = a = 1, gamma = 0); with ``fcn`` the last step's c is 1."""
@@ -270,7 +270,7 @@ def _find_predictor(obj: Any) -> Any:
 
 
 def import_official(path: str | os.PathLike) -> Coefficients:
-    """Coefficients from an official AdaSDE ``network-snapshot-*.pkl`` (ASSETS.md section 6), read with
+    """Coefficients from an official AdaSDE ``network-snapshot-*.pkl`` (docs/ALGORITHMS.md section 3.6), read with
     :class:`SafeUnpickler` (no code from the file runs).  The grid comes from ``samplers.schedules.get_sigmas`` with
     the pickled schedule type, rho, num_steps and sigma range (EDM default 0.002 .. 80)."""
     p = Path(path)

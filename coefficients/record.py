@@ -1,6 +1,6 @@
 """The ``Coefficients`` record: everything needed to reproduce a learned AdaSDE / AMED sampler.
 
-Values are stored *effective* (after the parameterisations of ALGORITHMS.md section 3.1), per student step, shape
+Values are stored *effective* (after the parameterisations of docs/ALGORITHMS.md section 3.1), per student step, shape
 ``[steps, K]``.  File format and validation live in :mod:`.io`.
 """
 
@@ -14,7 +14,7 @@ import torch
 FORMAT_VERSION = 1
 KINDS = ("adasde", "amed", "amed_plugin")
 PREDICTIONS = ("edm", "eps", "v", "flow", "x0", "unknown")
-BASES = ("euler", "dpm_2", "ipndm", "dpmpp")  # AMED-Plugin base solvers (ALGORITHMS.md section 4.3)
+BASES = ("euler", "dpm_2", "ipndm", "dpmpp")  # AMED-Plugin base solvers (docs/ALGORITHMS.md section 4.3)
 
 
 @dataclass
@@ -71,7 +71,7 @@ class Coefficients:
 
     @property
     def nfe(self) -> int:
-        """Model calls of one sample on the trained grid (ALGORITHMS.md section 3.3): (1 + K)(N - 1) - [AFS]."""
+        """Model calls of one sample on the trained grid (docs/ALGORITHMS.md section 3.3): (1 + K)(N - 1) - [AFS]."""
         if self.kind == "amed_plugin" and self.base in ("ipndm", "dpmpp", "euler"):
             return 2 * self.steps - int(self.afs)
         return (1 + self.K) * self.steps - int(self.afs)

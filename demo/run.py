@@ -1,4 +1,4 @@
-"""``adasde demo``: the whole promise on a CPU in a few minutes (issue 4).
+"""``adasde demo``: distillation, few-step sampling and scoring on a CPU in a few minutes.
 
 1. load the built-in Fashion-MNIST diffusion model (``builtin:fmnist``);
 2. distil AdaSDE coefficients at the headline NFE (``--quick`` reuses the shipped ones);

@@ -1,4 +1,4 @@
-"""diffusers schedulers running AdaSDE / AMED-Plugin coefficients inside diffusers pipelines (HOSTS.md D2).
+"""diffusers schedulers running AdaSDE / AMED-Plugin coefficients inside diffusers pipelines (docs/HOSTS.md section D2).
 
 ``pipe.scheduler = AdaSDEScheduler.from_coefficients("sd15_nfe5.safetensors", pipe.scheduler.config)``.
 Imported lazily so that ``import adasde`` does not need diffusers.

@@ -1,6 +1,6 @@
-"""``AdaSDEScheduler`` and ``AMEDPluginScheduler``: learned few-step samplers as diffusers schedulers (HOSTS.md D2).
+"""``AdaSDEScheduler`` and ``AMEDPluginScheduler``: few-step samplers for diffusers (docs/HOSTS.md section D2).
 
-The sampler math is ALGORITHMS.md section 3.2 (AdaSDE) and 4.3 (AMED-Plugin); state lives in sigma form
+The sampler math is docs/ALGORITHMS.md sections 3.2 (AdaSDE) and 4.3 (AMED-Plugin); state lives in sigma form
 (x = x0 + sigma eps, the same state as :func:`adasde.samplers.sample_adasde`, diffusers' ``EulerDiscreteScheduler``).
 Each solver step needs 1 + K network evaluations (the start point at t_hat, then K intermediate points at a_k s_k), so
 - as diffusers' second-order schedulers do - ``timesteps`` lists every evaluation point and :meth:`step` is a small
@@ -224,7 +224,7 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
         self._reset_state()
 
     def _build_evals(self) -> None:
-        """t_hat_n, s_{n,k} (ALGORITHMS.md section 3.2 steps 2 and 4) in float32 like the functional sampler."""
+        """t_hat_n, s_{n,k} (docs/ALGORITHMS.md section 3.2, steps 2 and 4) in float32 like the functional sampler."""
         tb = {k: getattr(self.tables, k).to(torch.float32) for k in TABLE_NAMES}
         self.t_hat: list[Any] = []
         self.s_mid: list[list[Any]] = []
@@ -374,7 +374,7 @@ def _default(name: str, r: list[list[float]]) -> list[list[float]]:
 
 
 class AMEDPluginScheduler(AdaSDEScheduler):
-    """AMED-Plugin (CVPR 2024, ALGORITHMS.md section 4.3) with constant per-step r, a, c on a base solver.
+    """AMED-Plugin (CVPR 2024, docs/ALGORITHMS.md section 4.3) with constant per-step r, a, c on a base solver.
 
     ``base="euler"``: x_s = x_n + (s - t_n) d_n, x_{n+1} = x_s + c (t_{n+1} - s) d_s;
     ``base="dpm_2"``: x_{n+1} = x_n + c (t_{n+1} - t_n) [(1/2r) d_s + (1 - 1/2r) d_n]

@@ -1,4 +1,4 @@
-"""Distillation engine: AdaSDE (ALGORITHMS.md section 3.5) and AMED (section 4.4) coefficients from a teacher.
+"""Distillation engine: AdaSDE (docs/ALGORITHMS.md section 3.5) and AMED (section 4.4) coefficients from a teacher.
 
 Public API: :func:`distill`, :func:`distill_amed`, :class:`DistillError`, :class:`NonFiniteError`.
 """

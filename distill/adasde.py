@@ -1,4 +1,4 @@
-"""AdaSDE distillation (ALGORITHMS.md section 3.5): learn per-step r, a, c, gamma (and w) tables.
+"""AdaSDE distillation (docs/ALGORITHMS.md section 3.5): learn per-step r, a, c, gamma (and w) tables.
 
 The student step is :func:`samplers.adasde.adasde_step` itself, so training and sampling share one implementation.
 """
@@ -168,7 +168,7 @@ def distill(
     max_loss_factor: float = 1e4,
     name: str | None = None,
 ) -> Coefficients:
-    """Distil AdaSDE coefficients for ``model`` (ALGORITHMS.md section 3.5); returns a ``Coefficients`` record.
+    """Distil AdaSDE coefficients for ``model`` (docs/ALGORITHMS.md section 3.5); returns a ``Coefficients`` record.
 
     ``model(x, sigma_vec, **extra) -> x0`` (differentiable in x).  shape / sigma range / ``model_sigmas`` default to
     the model's when it is a ``loaders.Denoiser``.  Give ``num_steps`` (grid points N) or ``nfe`` ((1+K)(N-1) - AFS).

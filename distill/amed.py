@@ -1,4 +1,4 @@
-"""AMED distillation (ALGORITHMS.md section 4.4): the AMED-Solver predictor network and AMED-Plugin constant tables.
+"""AMED distillation (docs/ALGORITHMS.md section 4.4): the AMED-Solver predictor and AMED-Plugin tables.
 
 * ``plugin=None`` (AMED-Solver, section 4.2, ``samplers.amed.amed_step``): the predictor g_phi
   (``samplers.amed.AMEDPredictor``) maps the model's bottleneck feature at t_n (channel mean, pooled to 8 x 8, zeros
@@ -79,7 +79,7 @@ def distill_amed(
     max_loss_factor: float = 1e4,
     name: str | None = None,
 ) -> Coefficients:
-    """Distil AMED-Solver (``plugin=None``) or AMED-Plugin on ``plugin`` (ALGORITHMS.md section 4.4).
+    """Distil AMED-Solver (``plugin=None``) or AMED-Plugin on ``plugin`` (docs/ALGORITHMS.md section 4.4).
 
     Same front end as :func:`distill` (shape / sigmas / schedule from a Denoiser, ``nfe`` or ``num_steps``,
     ``condition_fn``, ``progress``, ``checkpoint``/``resume``, DDP under torchrun).  AMED defaults: Heun teacher with

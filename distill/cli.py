@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "distill",
         help="distil AdaSDE / AMED coefficients for a model and write a coefficient file",
-        description="Learn per-step AdaSDE coefficients (ALGORITHMS.md section 3.5) or an AMED predictor "
+        description="Learn per-step AdaSDE coefficients (docs/ALGORITHMS.md section 3.5) or an AMED predictor "
         "(section 4.4) by matching a many-step teacher, and write a .safetensors coefficient file. "
         "Under torchrun the batch is split across processes.",
     )

@@ -1,4 +1,4 @@
-"""Data-parallel helpers (ALGORITHMS.md section 3.5: the batch is split across GPUs, gradients averaged).
+"""Data-parallel helpers (docs/ALGORITHMS.md section 3.5: the batch is split across GPUs, gradients averaged).
 
 Only the coefficient parameters are synchronised: each rank runs its own shard of trajectories (seeded by the
 trajectory's global index, so the union of the shards is exactly the single-process batch), gradients are summed with

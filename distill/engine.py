@@ -1,4 +1,4 @@
-"""The shared distillation loop (ALGORITHMS.md sections 3.5 and 4.4), used by AdaSDE and AMED.
+"""The shared distillation loop (docs/ALGORITHMS.md sections 3.5 and 4.4), used by AdaSDE and AMED.
 
 Per iteration (one batch of trajectories):
 

@@ -1,4 +1,4 @@
-"""Differentiable feature networks for the final-step feature loss (ALGORITHMS.md section 3.5, step 3, n = N - 2).
+"""Differentiable feature networks for the final-step feature loss (docs/ALGORITHMS.md section 3.5, step 3, n = N - 2).
 
 The paper's code uses Inception-v3 pool features; the evaluation package's FID networks quantise to uint8 and run
 under ``no_grad`` (they are metrics, not losses), so the loss needs its own differentiable path:

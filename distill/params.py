@@ -1,4 +1,4 @@
-"""Raw AdaSDE tables and their mappings to effective coefficients (ALGORITHMS.md section 3.1).
+"""Raw AdaSDE tables and their mappings to effective coefficients (docs/ALGORITHMS.md section 3.1).
 
 Five raw tables of shape ``[N - 1, K]`` initialised i.i.d. N(0, 1) from the seed (order: r, c, a, gamma, w), mapped as
 

@@ -1,4 +1,4 @@
-"""Teacher trajectories for distillation (ALGORITHMS.md sections 3.5 step 2 and 4.4).
+"""Teacher trajectories for distillation (docs/ALGORITHMS.md sections 3.5 (step 2) and 4.4).
 
 The teacher runs on the ``(M + 1)(N - 1) + 1`` point grid of the student's schedule (``samplers.teacher_sigmas``),
 starts from the same noise, has AFS off and keeps its states at every ``(M + 1)``-th point, i.e. at the student grid.

@@ -1,5 +1,5 @@
 """Evaluation: streaming feature statistics, Frechet distance / KID / precision-recall, feature networks, reference
-files and the ``adasde fid`` pipelines (ALGORITHMS.md section 6; docs/ARCHITECTURE.md)."""
+files and the ``adasde fid`` pipelines (docs/ALGORITHMS.md section 6; docs/ARCHITECTURE.md)."""
 
 from .features import (
     FEATURE_NETS,

@@ -1,4 +1,4 @@
-"""``adasde fid ref | calc | sample`` (EDM ``fid.py`` style; ALGORITHMS.md section 6).
+"""``adasde fid ref | calc | sample`` (EDM ``fid.py`` style; docs/ALGORITHMS.md section 6).
 
     adasde fid ref    --data DIR|ZIP|NPZ|builtin:fmnist-train --dest stats.npz [--net inception|fmnist]
     adasde fid calc   --images DIR|ZIP --ref stats.npz|DIR [--kid-pr]

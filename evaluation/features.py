@@ -1,4 +1,4 @@
-"""Feature networks for Frechet distances, by name (ALGORITHMS.md section 6; ASSETS.md sections 1.1, 1.5, 1.7).
+"""Feature networks for Frechet distances, by name (docs/ALGORITHMS.md section 6; docs/EVALUATION.md section 2).
 
 * ``inception``: the standard FID Inception-v3 (torch-fidelity's ``inception-v3-compat``: TF 2015-12-05 weights,
   TF1-exact bilinear resize to 299, ``(x - 128) / 128``, 2048-d pool3 features).  The weights are a file on disk,

@@ -1,4 +1,4 @@
-"""Frechet distance, KID and k-NN precision/recall in feature space (ALGORITHMS.md section 6).
+"""Frechet distance, KID and k-NN precision/recall in feature space (docs/ALGORITHMS.md section 6).
 
 FID (Heusel et al. 2017; EDM ``fid.py``):  ||mu_1 - mu_2||^2 + tr(S_1) + tr(S_2) - 2 tr((S_1 S_2)^{1/2}).
 
@@ -94,7 +94,7 @@ def _factor_either(s1: np.ndarray, s2: np.ndarray, diag: dict[str, Any]) -> tupl
 def frechet_distance(
     mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, method: str = "cholesky", eps: float = 0.0
 ) -> FrechetResult:
-    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2) (ALGORITHMS.md section 6, FID formula).
+    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2) (docs/ALGORITHMS.md section 6, FID formula).
 
     Inputs are converted to float64.  ``eps`` > 0 adds ``eps * I`` to both covariances (pytorch-fid's fallback; off by
     default since the factorisation handles singular matrices).  Diagnostics: ranks, the most negative eigenvalue that

@@ -1,4 +1,4 @@
-"""Reference statistics files (ALGORITHMS.md section 6; ASSETS.md sections 1.1, 1.2, 1.4).
+"""Reference statistics files (docs/ALGORITHMS.md section 6; docs/EVALUATION.md section 1).
 
 Layouts written by :func:`save_stats` (all keep the keys ``mu`` and ``sigma`` so EDM's ``fid.py``, pytorch-fid and
 clean-fid read them unchanged):

@@ -1,4 +1,4 @@
-"""Streaming feature statistics: running mean and covariance in float64 (ALGORITHMS.md section 6).
+"""Streaming feature statistics: running mean and covariance in float64 (docs/ALGORITHMS.md section 6).
 
 The FID protocol (EDM ``fid.py``) accumulates the mean and the unbiased (N - 1) covariance of the 2048-d Inception
 features of all images in float64.  :class:`RunningStats` does the same without ever holding more than one batch:

@@ -16,7 +16,7 @@ class ModelSpecError(AdasdeError, ValueError):
 
 
 class Denoiser(nn.Module):
-    """A diffusion model in sigma form: ``forward(x, sigma_vec, **extra) -> x0`` (ALGORITHMS.md section 1).
+    """A diffusion model in sigma form: ``forward(x, sigma_vec, **extra) -> x0`` (docs/ALGORITHMS.md section 1).
 
     Subclasses set the attributes below and implement :meth:`denoise`.  ``bottleneck()`` returns the U-Net middle
     feature map of the most recent call (for AMED) or None; ``decode`` maps samples to images in [0, 1] (NCHW).

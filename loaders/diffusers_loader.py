@@ -1,4 +1,4 @@
-"""``diffusers:DIR`` -> :class:`DiffusersDenoiser` (ALGORITHMS.md section 1.1; docs/ARCHITECTURE.md model contract).
+"""``diffusers:DIR`` -> :class:`DiffusersDenoiser` (docs/ALGORITHMS.md section 1.1, docs/ARCHITECTURE.md).
 
 Supported local folders (nothing is ever downloaded; weights must be ``.safetensors``):
 
@@ -75,7 +75,7 @@ def alphas_cumprod_from_config(cfg: dict[str, Any], source: str = "scheduler con
 
 class VPTable:
     """The discrete sigma table sigma_i = sqrt((1 - alpha_bar_i) / alpha_bar_i) (increasing in i) and the
-    continuous sigma <-> timestep map by linear interpolation of log sigma (ALGORITHMS.md section 1.1)."""
+    continuous sigma <-> timestep map by linear interpolation of log sigma (docs/ALGORITHMS.md section 1.1)."""
 
     def __init__(self, alphas_cumprod: torch.Tensor):
         ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten()
@@ -101,7 +101,7 @@ class VPTable:
 
 @dataclass
 class Parameterization:
-    """How a diffusers network output maps to D(x; sigma) (module docstring; ALGORITHMS.md section 1.1)."""
+    """How a diffusers network output maps to D(x; sigma) (module docstring; docs/ALGORITHMS.md section 1.1)."""
 
     kind: str  # "vp" | "flow" | "edm"
     prediction: str  # "epsilon" | "v_prediction" | "sample" | "flow_prediction"
@@ -289,7 +289,7 @@ class DiffusersDenoiser(Denoiser):
             self._hook = mid.register_forward_hook(self._capture)
         self._cfg_batch: int | None = None
 
-    # -- bottleneck (AMED, ALGORITHMS.md section 4.1)
+    # -- bottleneck (AMED, docs/ALGORITHMS.md section 4.1)
     def _capture(self, module: nn.Module, inputs: Any, output: Any) -> None:
         h = output[0] if isinstance(output, (tuple, list)) else output
         h = h.detach()

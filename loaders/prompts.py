@@ -1,4 +1,4 @@
-"""Prompt files for text-to-image sampling and distillation (ALGORITHMS.md section 3.4, SD prompts sliced by seed).
+"""Prompt files for text-to-image sampling and distillation (docs/ALGORITHMS.md section 3.4, SD prompts sliced by seed).
 
 * ``.txt`` (or any non-CSV file): one prompt per line; blank lines are skipped.
 * ``.csv``: a header row with a ``caption`` (or ``prompt`` / ``text``) column - the MS-COCO captions layout of the

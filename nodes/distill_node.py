@@ -1,6 +1,6 @@
 """V3 node ``Distill AdaSDE Coefficients``: learn AdaSDE coefficients for the connected model, inside ComfyUI.
 
-Design (HOSTS.md B4, the precedent of ComfyUI's own training node): the work runs under
+Design (docs/HOSTS.md section B4, the precedent of ComfyUI's own training node): the work runs under
 ``torch.inference_mode(False)`` + ``enable_grad`` through a ``CFGGuider`` and a small ``comfy.samplers.Sampler``
 subclass, so conditioning, CFG, model patches and ComfyUI's memory management (loading/offloading the model) are
 handled by ComfyUI itself; the sampler hands the guider-wrapped denoiser to the library's ``distill()``.

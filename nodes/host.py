@@ -1,7 +1,7 @@
 """ComfyUI glue shared by the nodes: registration, model introspection, coefficient lookup, bottleneck capture.
 
 Imported only inside ComfyUI (it imports ``comfy.*`` and ``folder_paths`` lazily inside functions, so importing it
-elsewhere is harmless).  Facts used here are documented in /work/shared/docs/HOSTS.md sections A1-A7 and B5.
+elsewhere is harmless).  Facts used here are documented in docs/HOSTS.md sections A1-A7 and B5.
 
 * :func:`register` (idempotent, called at import of the node pack and again in ``on_load``): sets
   ``comfy.k_diffusion.sampling.sample_adasde`` / ``sample_amed``, appends ``adasde`` / ``amed`` *in place* to
@@ -270,7 +270,7 @@ def per_image_seeds(extra_args: dict | None, x: torch.Tensor) -> dict:
 # ------------------------------------------------------------------------------------------------ bottleneck
 class BottleneckCapture:
     """Captures the UNet middle-block output (``h`` at ``output_block_patch`` with block ("output", 0)) of the
-    conditional rows, through a patch added to a *copy* of the model options (HOSTS.md A7)."""
+    conditional rows, through a patch added to a *copy* of the model options (docs/HOSTS.md section A7)."""
 
     def __init__(self) -> None:
         self.h: torch.Tensor | None = None

@@ -1,4 +1,4 @@
-"""Host-free samplers in the k-diffusion calling convention (docs/ARCHITECTURE.md, ALGORITHMS.md).
+"""Host-free samplers in the k-diffusion calling convention (docs/ARCHITECTURE.md, docs/ALGORITHMS.md).
 
 ``SAMPLERS`` maps a name to ``sample_NAME(model, x, sigmas, extra_args=None, callback=None, disable=None, **options)``;
 ``nfe(name, sigmas, **options)`` gives its exact number of model calls (N positive grid points; +1 with a trailing 0,

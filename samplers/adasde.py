@@ -1,4 +1,4 @@
-"""AdaSDE (NeurIPS 2025): a single-step SDE solver with learned per-step coefficients (ALGORITHMS.md section 3).
+"""AdaSDE (NeurIPS 2025): a single-step SDE solver with learned per-step coefficients (docs/ALGORITHMS.md section 3).
 
 One step t_n -> t_{n+1} (section 3.2), K intermediate points, learned r, a, c, gamma, w per step:
 
@@ -72,7 +72,7 @@ class StepTables:
 
 
 def untrained_tables(steps: int, K: int = 1, afs: bool = False, note: str = "") -> StepTables:  # noqa: N803
-    """r = 0.5, a = c = 1, gamma = 0, uniform w: AdaSDE reduces to DPM-Solver-2 (ALGORITHMS.md section 4.2)."""
+    """r = 0.5, a = c = 1, gamma = 0, uniform w: AdaSDE reduces to DPM-Solver-2 (docs/ALGORITHMS.md section 4.2)."""
     full = {k: torch.full((steps, K), v, dtype=torch.float64) for k, v in UNTRAINED.items()}
     full["w"] = torch.full((steps, K), 1.0 / K, dtype=torch.float64)
     return StepTables(**full, afs=afs, trained=False, note=note)
@@ -131,7 +131,7 @@ def resolve_tables(
 ) -> StepTables:
     """Rows of ``coeffs`` (a ``Coefficients`` record) that fit the positive sigma ``grid``.
 
-    Rules (docs/ARCHITECTURE.md): the grid must be a contiguous part of the trained grid (:func:`fit_grid`: the whole
+    Rules (docs/ALGORITHMS.md section 10): the grid must be a contiguous part of the trained grid (:func:`fit_grid`: the whole
     grid, a suffix for img2img / denoise < 1, or a segment of a split run: rows ``offset..`` are used, AFS only from
     the trained sigma_max); anything else (other step count, other
     schedule, other sigma range) falls back to untrained AdaSDE (= DPM-Solver-2) with a
@@ -183,7 +183,7 @@ def _width(r: Coef) -> int:
 
 
 def mixed_gamma(w: Coef, gamma: Coef) -> torch.Tensor | float:
-    """gamma_bar = sum_k w_k gamma_k (ALGORITHMS.md section 3.2, step 1): a number, 0-d or per-sample ``[B]``."""
+    """gamma_bar = sum_k w_k gamma_k (docs/ALGORITHMS.md section 3.2, step 1): a number, 0-d or per-sample ``[B]``."""
     if isinstance(gamma, (int, float)):
         return float(gamma)
     if torch.is_tensor(gamma) or torch.is_tensor(w):
@@ -203,7 +203,7 @@ def adasde_points(
     w: Coef,
     extra_args: dict | None = None,
 ) -> torch.Tensor:
-    """Steps 4-5 of ALGORITHMS.md section 3.2 given ``diff = x_hat - D(x_hat; t_hat)`` (d_hat = diff / t_hat):
+    """Steps 4-5 of docs/ALGORITHMS.md section 3.2 given ``diff = x_hat - D(x_hat; t_hat)`` (d_hat = diff / t_hat):
 
     s_k = t_{n+1}^{r_k} t_hat^{1-r_k},  d_k = (x_k - D(x_k; a_k s_k)) / s_k,
     x_{n+1} = x_hat + (t_{n+1} - t_hat) sum_k w_k c_k d_k.
@@ -235,7 +235,7 @@ def adasde_step(
     flow: bool = False,
     s_noise: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | float]:
-    """One AdaSDE step (ALGORITHMS.md section 3.2).  Differentiable in x and in every coefficient.
+    """One AdaSDE step (docs/ALGORITHMS.md section 3.2).  Differentiable in x and in every coefficient.
 
     ``r, a, c, w``: tensors ``[K]`` (shared) or ``[B, K]`` (per sample, AMED), or lists of K numbers (fastest; what
     :func:`sample_adasde` passes); ``gamma``: the same, or a number, mixed as sum_k w_k gamma_k; ``noise``: the N(0, I)
@@ -274,7 +274,7 @@ def sample_adasde(
     s_noise: float = 1.0,
     flow: bool | None = None,
 ) -> torch.Tensor:
-    """AdaSDE sampler (ALGORITHMS.md section 3.2) in the k-diffusion calling convention.
+    """AdaSDE sampler (docs/ALGORITHMS.md section 3.2) in the k-diffusion calling convention.
 
     ``coeffs``: a ``Coefficients`` record (see :func:`resolve_tables` for how it is fitted to ``sigmas``; None means
     untrained AdaSDE = DPM-Solver-2).  gamma is forced to 0 on row 0 of the trained grid (section 3.1).  Churn noise

@@ -1,4 +1,4 @@
-"""AMED-Solver and AMED-Plugin (CVPR 2024; ALGORITHMS.md section 4).
+"""AMED-Solver and AMED-Plugin (CVPR 2024; docs/ALGORITHMS.md section 4).
 
 The predictor g_phi (section 4.1) maps the U-Net bottleneck of the model call at t_n plus t_n, t_{n+1} to per-sample
 (r, c, a); AMED-Solver (section 4.2) is then one AdaSDE step with gamma = 0 and K = 1 (:func:`adasde.adasde_points`),
@@ -71,7 +71,7 @@ def _scaled(head: nn.Module | None, z: torch.Tensor, scale: float, like: torch.T
 
 
 class AMEDPredictor(nn.Module):
-    """g_phi of ALGORITHMS.md section 4.1: ~9k parameters, per-sample (r, c, a) from the bottleneck and (t_n, t_{n+1}).
+    """g_phi of docs/ALGORITHMS.md section 4.1: ~9k parameters, per-sample (r, c, a) from the bottleneck, t_n, t_{n+1}.
 
     feature(64) -> Linear(64, 128) + SiLU + Linear(128, 4);  sinusoidal embedding of the raw sigma (8 channels,
     frequencies 10000^(-j/3), [sin | cos]) -> Linear(8, 8) + SiLU, shared by t_n and t_{n+1};  heads on the 20-d
@@ -218,7 +218,7 @@ def amed_step(
     flow: bool = False,
     denoised: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[Any, Any, Any]]:
-    """One AMED-Solver step t_n -> t_{n+1} (ALGORITHMS.md section 4.2); differentiable in the predictor / r, c, a.
+    """One AMED-Solver step t_n -> t_{n+1} (docs/ALGORITHMS.md section 4.2); differentiable in the predictor / r, c, a.
 
     d_n from D(x; t_n) (``denoised``: the output of the model call just made, so that ``features()`` refers to it;
     AFS when ``afs``), (r, c, a) = g_phi(h_n, t_n, t_{n+1}) or the given constants, s = t_{n+1}^r t_n^{1-r},
@@ -269,7 +269,7 @@ def plugin_step(
     remaining: int | None = None,
     taylor_d2: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One AMED-Plugin step t_n -> s -> t_{n+1} on ``base`` (ALGORITHMS.md section 4.3); differentiable in r, c, a.
+    """One AMED-Plugin step t_n -> s -> t_{n+1} on ``base`` (docs/ALGORITHMS.md section 4.3); differentiable in r, c, a.
 
     ``denoised`` = D(x; t_n); ``r, c, a`` numbers or per-sample ``[B]``; ``history`` is updated in place (multistep
     bases); ``remaining``: sub-steps left on the combined grid including this step's first one (for
@@ -352,7 +352,7 @@ def sample_amed(
     afs: bool | None = None,
     flow: bool | None = None,
 ) -> torch.Tensor:
-    """AMED-Solver (ALGORITHMS.md section 4.2) in the k-diffusion convention.
+    """AMED-Solver (docs/ALGORITHMS.md section 4.2) in the k-diffusion convention.
 
     ``predictor``: an :class:`AMEDPredictor` (default: the one stored in ``coeffs``, if any); ``features``: the host's
     bottleneck callable (None: zero features, the authors' "constant" SD mode, section 4.5).  Without a predictor the
@@ -391,7 +391,7 @@ def sample_amed_plugin(
     taylor_d2: bool = False,
     flow: bool | None = None,
 ) -> torch.Tensor:
-    """AMED-Plugin (ALGORITHMS.md section 4.3) on ``base`` = euler | dpm_2 | ipndm | dpmpp (default: ``coeffs.base``,
+    """AMED-Plugin (docs/ALGORITHMS.md section 4.3) on ``base`` = euler|dpm_2|ipndm|dpmpp (default: ``coeffs.base``,
     else ipndm).  One inserted point per interval, r/c/a from the predictor or per-step constant tables (untrained:
     r = 0.5, c = a = 1, i.e. the base solver on the grid with geometric midpoints inserted).  ``max_order``: iPNDM
     (default 4) or DPM-Solver++ (default 2) order on the combined grid; ``predict_x0``/``lower_order_final``/

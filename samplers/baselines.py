@@ -1,4 +1,4 @@
-"""Training-free baseline solvers as the AdaSDE / AMED papers compare them (ALGORITHMS.md section 5), EDM sigma form.
+"""Training-free baseline solvers as the AdaSDE / AMED papers use them (docs/ALGORITHMS.md section 5), sigma form.
 
 Every sampler follows the k-diffusion contract (docs/ARCHITECTURE.md): ``sample_NAME(model, x, sigmas, extra_args=None,
 callback=None, disable=None, **options)``; the loop itself is :func:`common.run_steps`, each solver only supplies its

@@ -1,7 +1,7 @@
 """Helpers shared by every sampler: sigma grids, directions, seeded per-sample noise, churn and AFS.
 
 Conventions (docs/ARCHITECTURE.md): ``model(x, sigma * s_in, **extra_args)`` returns x0; ``d = (x - x0) / sigma`` is
-the probability-flow ODE direction for sigma-form *and* flow models (ALGORITHMS.md section 1).
+the probability-flow ODE direction for sigma-form *and* flow models (docs/ALGORITHMS.md section 1).
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ def churn(
     flow: bool = False,
     s_noise: float = 1.0,
 ) -> torch.Tensor:
-    """Raise the noise level of ``x`` from ``sigma`` to ``sigma_hat`` >= sigma (ALGORITHMS.md section 3.2, step 2).
+    """Raise the noise level of ``x`` from ``sigma`` to ``sigma_hat`` >= sigma (docs/ALGORITHMS.md section 3.2, step 2).
 
     Sigma form (x = x0 + sigma eps): x + sqrt(sigma_hat^2 - sigma^2) z.  Flow form (x = (1 - sigma) x0 + sigma eps):
     scale by alpha = (1 - sigma_hat) / (1 - sigma), then add sqrt(sigma_hat^2 - alpha^2 sigma^2) z, so that the
@@ -217,7 +217,7 @@ def churn(
 
 
 def afs_direction(x: torch.Tensor, sigma: torch.Tensor | float, flow: bool = False) -> torch.Tensor:
-    """Analytical first step (GENIE / ALGORITHMS.md section 5): d_0 = x / sqrt(1 + sigma^2) in sigma form (data mean
+    """Analytical first step (GENIE, docs/ALGORITHMS.md section 5): d_0 = x / sqrt(1 + sigma^2) in sigma form (data mean
     assumed 0), x / sigma for flow models (D ~ 0).  Costs no model call."""
     if flow:
         return x / sigma
@@ -245,7 +245,7 @@ def inserted_point(
     a: torch.Tensor | float = 1.0,
     extra_args: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Euler sub-step to an inserted time and one model call there (ALGORITHMS.md sections 3.2 step 4, 4.2, 5).
+    """Euler sub-step to an inserted time and one model call there (docs/ALGORITHMS.md sections 3.2, 4.2, 5).
 
     ``diff = x - D(x; sigma)`` (so ``d = diff / sigma``); ``x_s = x + (s - sigma) d``; the network sees the scaled time
     ``a * s``.  Returns ``(x_s, D(x_s; a s), x_s - D(x_s; a s))``; the caller divides by the unscaled ``s``.

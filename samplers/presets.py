@@ -1,4 +1,4 @@
-"""Solver presets at a target NFE, as the papers compare them (ALGORITHMS.md sections 2, 3.3, 7.1), and seeded
+"""Solver presets at a target NFE, as the papers compare them (docs/ALGORITHMS.md sections 2, 3.3 and 7.1), and seeded
 initial noise.
 
 * Schedules: polynomial rho 7 for euler / heun / dpm_2 / ipndm, logSNR for dpmpp / unipc, time-uniform rho 1 for AdaSDE
@@ -68,6 +68,6 @@ def initial_noise(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """x_T = sigma_max * z with z drawn from a CPU generator seeded by each sample's own seed, so a sample does not
-    depend on the batch it is generated in (ALGORITHMS.md section 3.4)."""
+    depend on the batch it is generated in (docs/ALGORITHMS.md section 3.4)."""
     z = torch.stack([torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds])
     return (sigma_max * z).to(device=device, dtype=dtype)

@@ -1,4 +1,4 @@
-"""Sampler registry and exact NFE accounting (ALGORITHMS.md section 3.3, docs/ARCHITECTURE.md)."""
+"""Sampler registry and exact NFE accounting (docs/ALGORITHMS.md section 3.3, docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Noise schedules (ALGORITHMS.md section 2).
+"""Noise schedules (docs/ALGORITHMS.md section 2).
 
 Every schedule returns ``n`` decreasing sigmas from ``sigma_max`` to ``sigma_min`` (no trailing zero).  Each is uniform
 in some transformed variable, so the teacher grid with ``(M + 1)(n - 1) + 1`` points contains the student grid
@@ -81,7 +81,7 @@ def get_sigmas(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """``n`` decreasing sigmas of a schedule (ALGORITHMS.md section 2).
+    """``n`` decreasing sigmas of a schedule (docs/ALGORITHMS.md section 2).
 
     ``polynomial`` (EDM/Karras, rho 7), ``logsnr`` (log sigma linear), ``time_uniform`` (VP-SDE fit through sigma_min
     and sigma_max, uniform in t**(1/rho), rho 1), ``discrete`` (uniform in the time of a model's sigma table,
@@ -140,7 +140,7 @@ def teacher_sigmas(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Teacher grid with ``(M + 1)(n - 1) + 1`` points whose every ``(M + 1)``-th point is exactly the student grid
-    (ALGORITHMS.md section 2, "Sub-grids")."""
+    (docs/ALGORITHMS.md section 2, "Sub-grids")."""
     if int(M) != M or M < 0:
         raise ValueError(f"M (inserted teacher points per student interval) must be an integer >= 0, got {M!r}")
     fine = get_sigmas(kind, (M + 1) * (n - 1) + 1, sigma_min, sigma_max, rho, model_sigmas, dtype=torch.float64)

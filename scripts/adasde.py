@@ -1,5 +1,5 @@
 """AUTOMATIC1111 / Forge extension entry point: registers the AdaSDE and AMED samplers and the AdaSDE scheduler, adds
-the AdaSDE settings section and a small always-visible script section (HOSTS.md section C; logic in ``webui/``).
+the AdaSDE settings section and a small always-visible script section (docs/HOSTS.md section C; logic in ``webui/``).
 
 The WebUI executes this file as a loose module (not as part of a package), so it first finds our package:
 

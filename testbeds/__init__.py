@@ -1,4 +1,4 @@
-"""Exact Gaussian-mixture testbeds with known ground truth (ASSETS.md section 5): exact denoisers (sigma and flow
+"""Exact Gaussian-mixture testbeds with known ground truth (docs/TESTBEDS.md section 1): exact denoisers (sigma and flow
 form), a controlled-error variant, the Fashion-MNIST mixture and exact metrics."""
 
 from .fmnist import fmnist_gmm, load_fashion_mnist, read_idx

@@ -1,4 +1,4 @@
-"""A Gaussian mixture fitted to Fashion-MNIST (ASSETS.md sections 3 and 5.3), low-rank + isotropic (probabilistic PCA).
+"""A Gaussian mixture fitted to Fashion-MNIST (docs/TESTBEDS.md sections 2, 1.3), low-rank + isotropic (PPCA).
 
 Per class k (K = 10, class-conditional) on the 60k training images scaled to [-1, 1] (d = 784): mu_k = class mean,
 eigen-decomposition of the class covariance, V_k = top ``rank`` eigenvectors, lam_k their eigenvalues, tau2_k = mean of

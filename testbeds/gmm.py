@@ -1,11 +1,11 @@
-"""Exact Gaussian-mixture testbed (docs ASSETS.md section 5.1).
+"""Exact Gaussian-mixture testbed (docs/TESTBEDS.md section 1.1).
 
 Data p0(y) = sum_k pi_k N(y; mu_k, Sigma_k) with low-rank-plus-isotropic covariances
 
     Sigma_k = V_k diag(lam_k - tau2_k) V_k^T + tau2_k I,     V_k: d x r orthonormal, lam_k >= tau2_k > 0
 
 so Sigma_k has eigenvalues lam_k on span(V_k) and tau2_k on its complement.  Every quantity below works in that eigen
-form, O(n K d r) per call (the "Woodbury" cost of section 5.1), and covers both parameterisations through
+form, O(n K d r) per call (the "Woodbury" cost of section 1.1), and covers both parameterisations through
 x = alpha y + s n:  sigma form (EDM/VE) is alpha = 1, s = sigma; flow form is alpha = 1 - s (x = (1 - s) y + s n).
 
     p(x) = sum_k pi_k N(x; alpha mu_k, alpha^2 Sigma_k + s^2 I)
@@ -13,7 +13,7 @@ x = alpha y + s n:  sigma form (EDM/VE) is alpha = 1, s = sigma; flow form is al
     E[y | x] = sum_k w_k [mu_k + alpha (V_k (lam_k / c) z + tau2_k res / c_iso)]
 
 with diff = x - alpha mu_k, z = V_k^T diff, res = diff - V_k z, c = alpha^2 lam_k + s^2, c_iso = alpha^2 tau2_k + s^2.
-For alpha = 1 this is section 5.1's D(x; sigma); the score is (D - x) / sigma^2.
+For alpha = 1 this is section 1.1's D(x; sigma); the score is (D - x) / sigma^2.
 """
 
 from __future__ import annotations
@@ -132,11 +132,11 @@ class GaussianMixture:
         return (V * (lam - tau2[:, None])[:, None, :]) @ V.transpose(1, 2) + tau2[:, None, None] * eye
 
     def mean(self) -> torch.Tensor:
-        """m* = sum_k pi_k mu_k (ASSETS.md section 5.2), float64."""
+        """m* = sum_k pi_k mu_k (docs/TESTBEDS.md section 1.2), float64."""
         return self._master["weights"] @ self._master["means"]
 
     def covariance(self) -> torch.Tensor:
-        """S* = sum_k pi_k (Sigma_k + mu_k mu_k^T) - m* m*^T (ASSETS.md section 5.2), dense [d, d] float64."""
+        """S* = sum_k pi_k (Sigma_k + mu_k mu_k^T) - m* m*^T (docs/TESTBEDS.md section 1.2), dense [d, d] float64."""
         m = self._master
         w, mu = m["weights"], m["means"]
         mstar = self.mean()
@@ -187,7 +187,7 @@ class GaussianMixture:
         labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """E[y | x] for x = alpha y + s n (module docstring); ``alpha``, ``s`` scalars or [n].  ``temperature`` != 1
-        tempers the responsibilities (used only by the controlled-error variant, ASSETS.md section 5.5); ``labels``
+        tempers the responsibilities (only for the controlled-error variant, docs/TESTBEDS.md section 1.4); ``labels``
         [n] (component indices) gives the class-conditional E[y | x, k]."""
         if labels is not None:
             labels = torch.as_tensor(labels).reshape(-1)
@@ -202,11 +202,11 @@ class GaussianMixture:
         return self._posterior_block(x, alpha, s, temperature, labels)[0].to(out_dtype)
 
     def denoise(self, x: torch.Tensor, sigma: Any) -> torch.Tensor:
-        """Exact denoiser D(x; sigma) = E[y | x = y + sigma n] (ASSETS.md section 5.1)."""
+        """Exact denoiser D(x; sigma) = E[y | x = y + sigma n] (docs/TESTBEDS.md section 1.1)."""
         return self.posterior_mean(x, 1.0, sigma)
 
     def score(self, x: torch.Tensor, sigma: Any) -> torch.Tensor:
-        """grad_x log p(x; sigma) = (D(x; sigma) - x) / sigma^2 (ASSETS.md section 5.1)."""
+        """grad_x log p(x; sigma) = (D(x; sigma) - x) / sigma^2 (docs/TESTBEDS.md section 1.1)."""
         sig = _as_vec(sigma, x.shape[0], x.to(self.dtype)).to(x.dtype)[:, None]
         return (self.denoise(x, sigma) - x) / sig**2
 
@@ -228,7 +228,7 @@ class GaussianMixture:
 
     # ------------------------------------------------------------------------------------------ exact sampling
     def sample(self, n: int, seed: int = 0, return_labels: bool = False):
-        """n exact samples y ~ p0 (ASSETS.md section 5.1): k ~ Cat(pi), y = mu_k + V_k(sqrt(lam - tau2) xi) + tau xi'.
+        """n exact samples (docs/TESTBEDS.md section 1.1): k ~ Cat(pi), y = mu_k + V_k(sqrt(lam - tau2) xi) + tau xi'.
 
         Drawn in blocks of 512 from generators seeded by (seed, block), so ``sample(m, seed)[:n] == sample(n, seed)``.
         Returns float in the compute dtype ([n, d]) and, with ``return_labels``, the components [n].
@@ -274,7 +274,7 @@ class GaussianMixture:
         self, mean_shift: float = 0.0, cov_scale: float = 1.0, seed: int = 0,
     ) -> GaussianMixture:
         """A copy with mu_k + mean_shift * sqrt(tr(Sigma_k)/d) g_k (g_k ~ N(0, I), fixed by ``seed``) and every
-        covariance eigenvalue times ``cov_scale`` (ASSETS.md section 5.5, item 1)."""
+        covariance eigenvalue times ``cov_scale`` (docs/TESTBEDS.md section 1.4, item 1)."""
         M = self._master
         g = torch.randn(self.K, self.d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         scale = torch.sqrt((M["lam"].sum(1) + (self.d - self.r) * M["tau2"]) / self.d)
@@ -312,7 +312,7 @@ def single_gaussian(
 
 
 def gaussian_ode_solution(mix: GaussianMixture, x: torch.Tensor, sigma_from: float, sigma_to: float) -> torch.Tensor:
-    """Exact PF-ODE transport of ``x`` from ``sigma_from`` to ``sigma_to`` for a single Gaussian (ASSETS.md 5.1):
+    """Exact PF-ODE transport of ``x`` from ``sigma_from`` to ``sigma_to``, one Gaussian (docs/TESTBEDS.md section 1.1):
     in the eigenbasis (x(sigma) - mu)_i = (x(sigma0) - mu)_i sqrt((lam_i + sigma^2) / (lam_i + sigma0^2))."""
     if mix.K != 1:
         raise ValueError(f"the closed-form PF-ODE solution needs a single Gaussian (K = 1), got K = {mix.K}")
@@ -328,7 +328,7 @@ def gaussian_ode_solution(mix: GaussianMixture, x: torch.Tensor, sigma_from: flo
 
 # ---------------------------------------------------------------------------------------------- Denoiser wrappers
 class GMMDenoiser(Denoiser):
-    """The exact posterior-mean denoiser D(x; sigma) of a :class:`GaussianMixture` (EDM sigma form, ASSETS.md 5.1).
+    """The exact posterior-mean denoiser D(x; sigma) of a :class:`GaussianMixture` (docs/TESTBEDS.md section 1.1).
 
     Samples have shape ``sample_shape`` (product = d); ``decode`` maps [-1, 1] to [0, 1].  Keyword ``temperature``
     (!= 1) tempers the responsibilities: used by the controlled-error variant (:func:`controlled_error`).  Extra
@@ -401,7 +401,7 @@ def controlled_error(
     cov_scale: float = ERROR_DEFAULTS["cov_scale"], temperature: float = ERROR_DEFAULTS["temperature"],
     seed: int = ERROR_DEFAULTS["seed"], **kw: Any,
 ) -> GMMDenoiser:
-    """Controlled-error denoiser (ASSETS.md section 5.5, item 1): the posterior mean of a *perturbed* mixture (means
+    """Controlled-error denoiser (docs/TESTBEDS.md section 1.4): the posterior mean of a *perturbed* mixture (means
     shifted by ``mean_shift`` component standard deviations along fixed random directions, covariances times
     ``cov_scale``) with responsibilities tempered by ``temperature`` (so the implied score is not even a gradient).
     Deterministic, no training; the exact target stays ``exact`` (``.target``).  Its error vs the exact denoiser

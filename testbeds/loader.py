@@ -1,4 +1,4 @@
-"""``testbed:NAME`` model specs (docs/ARCHITECTURE.md, ASSETS.md section 5).
+"""``testbed:NAME`` model specs (docs/ARCHITECTURE.md, docs/TESTBEDS.md section 1).
 
 | spec | model |
 |---|---|

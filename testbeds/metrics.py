@@ -1,4 +1,4 @@
-"""Metrics against the *exact* target of a Gaussian-mixture testbed (ASSETS.md section 5.2).
+"""Metrics against the *exact* target of a Gaussian-mixture testbed (docs/TESTBEDS.md section 1.2).
 
 All take samples as [n, ...] tensors (flattened to [n, d]) and compute in float64.
 """
@@ -35,7 +35,8 @@ class ExactMoments:
 
 
 def frechet_distance(x: torch.Tensor, target: GaussianMixture | ExactMoments) -> float:
-    """Exact-moment Frechet distance (ASSETS.md 5.2): |m_hat - m*|^2 + tr(S_hat + S* - 2 (S*^1/2 S_hat S*^1/2)^1/2)."""
+    """Exact-moment Frechet distance (docs/TESTBEDS.md section 1.2):
+    |m_hat - m*|^2 + tr(S_hat + S* - 2 (S*^1/2 S_hat S*^1/2)^1/2)."""
     mom = target if isinstance(target, ExactMoments) else ExactMoments(target)
     x = _flat(x)
     if x.shape[0] < 2:
@@ -76,7 +77,7 @@ def _quantiles(p: torch.Tensor, m: int) -> torch.Tensor:
 
 
 def sliced_w2(x: torch.Tensor, y: torch.Tensor, n_dirs: int = 256, seed: int = 0) -> float:
-    """Sliced Wasserstein-2 (ASSETS.md 5.2): sqrt of the mean over ``n_dirs`` fixed random directions of the squared
+    """Sliced W2 (docs/TESTBEDS.md section 1.2): sqrt of the mean over ``n_dirs`` fixed random directions of squared
     1-D W2 between the projected samples (sorted-quantile coupling; unequal sizes via interpolated quantiles)."""
     x, y = _flat(x), _flat(y)
     U = random_directions(x.shape[1], n_dirs, seed)
@@ -105,7 +106,7 @@ def _kernel_sum(a: torch.Tensor, b: torch.Tensor, bandwidth: float, exclude_diag
 
 
 def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, bandwidth: float, yy_term: float | None = None) -> float:
-    """Unbiased MMD^2 with k(a, b) = exp(-|a - b|^2 / (2 h^2)) (ASSETS.md 5.2): zero in expectation when x and y
+    """Unbiased MMD^2 with k(a, b) = exp(-|a-b|^2/(2h^2)) (docs/TESTBEDS.md section 1.2): 0 in expectation when x and y
     come from the same distribution, so it can be negative.  ``yy_term`` caches the y-y mean for a fixed y."""
     x, y = _flat(x), _flat(y)
     n, m = x.shape[0], y.shape[0]
@@ -124,12 +125,12 @@ def mode_histogram(x: torch.Tensor, mixture: GaussianMixture) -> torch.Tensor:
 
 
 def mode_tv(x: torch.Tensor, mixture: GaussianMixture) -> float:
-    """Mode-weight total variation (ASSETS.md 5.2): 1/2 sum_k |h_k - pi_k| with h the :func:`mode_histogram`."""
+    """Mode-weight TV (docs/TESTBEDS.md section 1.2): 1/2 sum_k |h_k - pi_k|, h = :func:`mode_histogram`."""
     return 0.5 * float((mode_histogram(x, mixture) - mixture.params()["weights"]).abs().sum())
 
 
 def mean_log_prob(x: torch.Tensor, mixture: GaussianMixture) -> float:
-    """Mean log p0(x) under the exact mixture (sharpness diagnostic, a cross-entropy; ASSETS.md 5.2)."""
+    """Mean log p0(x) under the exact mixture (sharpness diagnostic, a cross-entropy; docs/TESTBEDS.md section 1.2)."""
     return float(mixture.log_prob(_flat(x).to(mixture.dtype)).to(torch.float64).mean())
 
 
@@ -142,7 +143,7 @@ def rmse(x: torch.Tensor, ref: torch.Tensor) -> float:
 def reference_solve(denoiser: Any, x_T: torch.Tensor, n_steps: int = 200, sigmas: torch.Tensor | None = None,
                     schedule: tuple[str, float] = ("polynomial", 7.0)) -> torch.Tensor:
     """High-accuracy PF-ODE solve (EDM Heun, 2nd order, ``n_steps`` steps = 2 n_steps NFE) from ``x_T`` at
-    ``sigma_max`` down to ``sigma_min`` (no final denoising, as in the papers; ASSETS.md 5.2, ALGORITHMS.md 5)."""
+    ``sigma_max`` down to ``sigma_min`` (no final denoising, as in the papers; docs/TESTBEDS.md section 1.2)."""
     if sigmas is None:
         sigmas = get_sigmas(schedule[0], n_steps + 1, denoiser.sigma_min, denoiser.sigma_max, rho=schedule[1],
                             dtype=torch.float64)
@@ -159,7 +160,7 @@ def reference_solve(denoiser: Any, x_T: torch.Tensor, n_steps: int = 200, sigmas
 
 
 class ExactReference:
-    """Everything that is fixed while many samplers are compared on one target (ASSETS.md 5.2): exact moments,
+    """What stays fixed while samplers are compared on one target (docs/TESTBEDS.md section 1.2): exact moments,
     ``n`` exact samples (seed ``seed``), their median bandwidth, their y-y MMD term and sorted projections."""
 
     def __init__(self, mixture: GaussianMixture, n: int, seed: int = 1, n_dirs: int = 256) -> None:
@@ -185,7 +186,7 @@ class ExactReference:
 
 def evaluate(samples: torch.Tensor, mixture: GaussianMixture, reference_samples: torch.Tensor, bandwidth: float,
              moments: ExactMoments | None = None, reference_solution: torch.Tensor | None = None) -> dict[str, float]:
-    """All section 5.2 metrics of ``samples`` against the exact ``mixture`` in one dict (fd, sw2, mmd2, tv, logp and,
+    """All section 1.2 metrics of ``samples`` against the exact ``mixture`` in one dict (fd, sw2, mmd2, tv, logp and,
     given a reference solve from the same noise, rmse)."""
     out = {
         "fd": frechet_distance(samples, moments or ExactMoments(mixture)),

@@ -1,6 +1,6 @@
 """coefficients.official: importing official AdaSDE predictor pickles without executing them.
 
-The test builds pickles with the structure of the released ``network-snapshot-*.pkl`` files (ASSETS.md section 6): a
+The test builds pickles shaped like the released ``network-snapshot-*.pkl`` files (docs/ALGORITHMS.md section 3.6): a
 ``torch_utils.persistence`` reconstruct call whose argument carries the class source and the ``nn.Module`` state with
 the raw tables as ``nn.Parameter``s.  The throwaway modules exist in ``sys.modules`` only while pickling.
 """
@@ -23,7 +23,7 @@ from adasde.samplers import get_sigmas
 
 SRC = "import os\nos.system('touch SHOULD_NOT_EXIST')\nclass adasde_predictor: pass\n"
 B = 2 * math.log(0.6 / 0.4)
-# effective values of the released 00000 run (3 grid points, NFE 3), ASSETS.md section 6
+# effective values of the released 00000 run (3 grid points, NFE 3), docs/ALGORITHMS.md section 3.6
 EFF = {"r": [0.2265, 0.1606], "c": [0.9976, 0.9971], "a": [0.8039, 0.9909], "gamma": [0.01222, 0.00043]}
 
 

@@ -34,7 +34,7 @@ def kds():
         sys.path.insert(0, str(COMFY))
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = True  # before comfy.model_management is imported (HOSTS.md A10)
+    comfy.cli_args.args.cpu = True  # before comfy.model_management is imported (docs/HOSTS.md section A10)
     import comfy.k_diffusion.sampling as sampling
 
     return sampling

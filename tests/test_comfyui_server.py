@@ -1,4 +1,4 @@
-"""End-to-end tests against the real ComfyUI 0.30.0 server (HOSTS.md B10), started once per session as a subprocess.
+"""End-to-end tests against the real ComfyUI 0.30.0 server (docs/HOSTS.md section B10), one subprocess per session.
 
 ComfyUI comes from ``tools/install_comfyui.sh`` (``$ADASDE_COMFYUI_DIR``, default ``.cache/comfyui``).  Our repository
 root is loaded as a custom node through the ``custom_nodes:`` key of an extra_model_paths yaml (a symlink named

@@ -1,4 +1,4 @@
-"""The offline demo report rendered in headless Chromium (issue 4 acceptance): the page is not blank, every sample
+"""The offline demo report rendered in headless Chromium: the page is not blank, every sample
 grid image decodes, both inline SVG charts are laid out, and the chart lines are drawn in their palette colours.
 
 Uses the reduced demo run of tests/test_demo_run.py.  Skipped only when Chromium is missing outside CI.

@@ -1,4 +1,4 @@
-"""``adasde demo`` end to end in a reduced setting, through the real CLI (issue 4 acceptance).
+"""``adasde demo`` end to end in a reduced setting, through the real CLI.
 
 One demo run (32 distillation trajectories, 64 images per solver at the headline NFE 5, 32 at NFE 3) is shared by the
 tests here and by tests/test_demo_chromium.py (:func:`reduced_demo`).  The coefficient search path is isolated: the

@@ -1,5 +1,5 @@
 """``AdaSDEScheduler`` / ``AMEDPluginScheduler`` inside a real ``StableDiffusionPipeline`` built from tiny configs:
-same latents as the functional ``sample_adasde`` with the same coefficients and noise (HOSTS.md D2)."""
+same latents as the functional ``sample_adasde`` with the same coefficients and noise (docs/HOSTS.md section D2)."""
 
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ def test_amed_plugin_scheduler_euler_and_dpm2(den) -> None:
             out = den.unet(sched.scale_model_input(y, t), t, encoder_hidden_states=ehs).sample
             y = sched.step(out, t, y).prev_sample
         s = [float(v) for v in co.sigmas]
-        for n in range(2):  # ALGORITHMS.md section 4.3, written out
+        for n in range(2):  # docs/ALGORITHMS.md section 4.3, written out
             r, a, c = float(co.r[n, 0]), float(co.a[n, 0]), float(co.c[n, 0])
             d_n = (ref - D(ref, torch.tensor([s[n]]))) / s[n]
             sm = s[n + 1] ** r * s[n] ** (1 - r)

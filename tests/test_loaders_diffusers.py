@@ -1,4 +1,4 @@
-"""``diffusers:DIR`` loaders on tiny random-weight diffusers models (ASSETS.md section 4): sigma-form conversions
+"""``diffusers:DIR`` loaders on tiny random-weight diffusers models (docs/TESTBEDS.md section 4): sigma-form conversions
 checked against diffusers' own schedulers, CFG, prompts, bottleneck, samplers/distill acceptance, clear errors."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tiny random-weight diffusers folders built from configs (ASSETS.md section 4), shared by the loader, sampler-CLI
+"""Tiny random-weight diffusers folders from configs (docs/TESTBEDS.md section 4), shared by the loader, sampler-CLI
 and diffusers-scheduler tests.  Everything is written to a temporary folder; nothing touches the network."""
 
 from __future__ import annotations

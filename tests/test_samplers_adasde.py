@@ -1,4 +1,4 @@
-"""AdaSDE with coefficient records (ALGORITHMS.md sections 3.1-3.3): the step against an independent transcription of
+"""AdaSDE with coefficients (docs/ALGORITHMS.md sections 3.1-3.3): the step against an independent transcription of
 section 3.2, grid fitting (trained grid, suffix, mismatch), seeded per-sample churn noise, noise_sampler, flow churn."""
 
 from __future__ import annotations

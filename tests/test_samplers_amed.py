@@ -1,4 +1,4 @@
-"""AMED predictor, AMED-Solver and AMED-Plugin (ALGORITHMS.md sections 4.1-4.3)."""
+"""AMED predictor, AMED-Solver and AMED-Plugin (docs/ALGORITHMS.md sections 4.1-4.3)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The sampler contract (docs/ARCHITECTURE.md): exact NFE for every sampler/config (counted model calls), callbacks,
-trailing zero, AFS, bad grids, and the reductions between solvers (ALGORITHMS.md sections 3.2, 4.2, 4.3, 5)."""
+trailing zero, AFS, bad grids, and the reductions between solvers (docs/ALGORITHMS.md sections 3.2, 4.2, 4.3 and 5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Measured convergence orders on the exact single-Gaussian testbed (ASSETS.md section 5.1), float64.
+"""Measured convergence orders on the exact single-Gaussian testbed (docs/TESTBEDS.md section 1.1), float64.
 
 Error = max |x_N - x_exact(sigma_min)| from the same start; the order is the least-squares slope of -log(error) over
 log(steps).  The sweep uses the axis-aligned closed form (fast); one case repeats it on the testbed's rotated Gaussian.

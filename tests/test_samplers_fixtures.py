@@ -1,4 +1,4 @@
-"""Shared pieces of the sampler tests: the exact single-Gaussian denoiser (ASSETS.md section 5.1) in closed form
+"""Shared pieces of the sampler tests: the exact single-Gaussian denoiser (docs/TESTBEDS.md section 1.1) in closed form
 (axis-aligned, element-wise: fast and bit-exact across batch sizes) and from ``adasde.testbeds.gmm`` (rotated), a
 call-counting wrapper and a least-squares slope fit.  The tests in this file check the closed forms against each other.
 

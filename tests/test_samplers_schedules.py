@@ -1,4 +1,4 @@
-"""Schedules against the worked examples of ALGORITHMS.md section 2, teacher sub-grids, and the overhead bench CLI."""
+"""Schedules against the worked examples of docs/ALGORITHMS.md section 2, teacher sub-grids, the overhead bench CLI."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Neither WebUI can be installed here, so these tests run the real script against ``tests/webui_standin/modules``, a
 minimal STAND-IN (not WebUI code) that reproduces the documented registry contract of A1111 1.10 and Forge
-(HOSTS.md section C; see tests/webui_standin/README.md).  The "U-Net" is an exact Gaussian-mixture denoiser, so the
+(docs/HOSTS.md section C; see tests/webui_standin/README.md).  The "U-Net" is an exact Gaussian-mixture denoiser, so the
 samples are real.
 """
 

@@ -8,11 +8,12 @@ cd "$(dirname "$0")/.."
 TA=${1:-3000}   # the shipped NFE 9 file used 2000
 TM=${2:-2048}
 OUT=coefficients/data
-mkdir -p "$OUT"
+CKPT=${CKPT_DIR:-.cache/distill-checkpoints}  # resumable checkpoints (gitignored)
+mkdir -p "$OUT" "$CKPT"
 run() {  # method nfe trajectories batch
   .venv/bin/adasde distill --model builtin:fmnist --method "$1" --nfe "$2" --schedule polynomial --rho 7 \
     --trajectories "$3" --batch "$4" --seed 0 --threads 1 --no-progress \
-    --out "$OUT/builtin-fmnist-$1-nfe$2.safetensors" --checkpoint "/tmp/adasde-ckpt-$1-$2.safetensors" --resume
+    --out "$OUT/builtin-fmnist-$1-nfe$2.safetensors" --checkpoint "$CKPT/$1-nfe$2.safetensors" --resume
 }
 for nfe in 3 5 7 9; do run adasde "$nfe" "$TA" 32; done
 for nfe in 3 5 7 9; do run amed "$nfe" "$TM" 64; done

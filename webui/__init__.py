@@ -1,5 +1,5 @@
 """Stable Diffusion WebUI (AUTOMATIC1111 1.6+ and Forge) integration: sampler and scheduler registration, coefficient
-selection, the AMED bottleneck hook (HOSTS.md section C).  Imported by ``scripts/adasde.py``; host modules
+selection, the AMED bottleneck hook (docs/HOSTS.md section C).  Imported by ``scripts/adasde.py``; host modules
 (``modules.*``) are imported lazily, so importing this package outside a WebUI is harmless."""
 
 from .core import (

@@ -1,4 +1,4 @@
-"""AdaSDE / AMED inside AUTOMATIC1111 and Forge (HOSTS.md sections C1, C2, F.3).
+"""AdaSDE / AMED inside AUTOMATIC1111 and Forge (docs/HOSTS.md sections C1, C2 and C3).
 
 * :func:`register` adds the samplers ``AdaSDE`` / ``AMED`` (aliases ``adasde`` / ``amed``) through Forge's
   ``sd_samplers.add_sampler`` when present, else by appending to ``all_samplers`` + rebuilding ``all_samplers_map`` +
@@ -263,7 +263,7 @@ def set_generation(p: Any) -> None:
 
 
 def _nfe(K: int, steps: int, ends_in_zero: bool, afs: bool) -> int:
-    """Model calls of one sampling call: (1 + K) steps - [AFS] + [trailing 0] (ALGORITHMS.md section 3.3)."""
+    """Model calls of one sampling call: (1 + K) steps - [AFS] + [trailing 0] (docs/ALGORITHMS.md section 3.3)."""
     return (1 + K) * steps - int(afs) + int(ends_in_zero)
 
 
@@ -302,7 +302,7 @@ def make_sampler(label: str) -> Callable[..., torch.Tensor]:
     def sample(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                callback: Any = None, disable: bool | None = None, noise_sampler: Any = None,
                sigma_min: float | None = None, sigma_max: float | None = None, n: int | None = None) -> torch.Tensor:
-        """WebUI entry: picks coefficients, then runs the core sampler (ALGORITHMS.md sections 3.2 / 4.2).
+        """WebUI entry: picks coefficients, then runs the core sampler (docs/ALGORITHMS.md sections 3.2 and 4.2).
 
         ``sigma_min``, ``sigma_max`` and ``n`` are accepted because the WebUI passes them by signature; the grid is
         ``sigmas``.  Churn noise comes from the host's seeded ``noise_sampler`` (``p.seeds`` if there is none)."""
@@ -350,7 +350,7 @@ def make_sampler(label: str) -> Callable[..., torch.Tensor]:
 # ---------------------------------------------------------------------------------------------------- scheduler
 def adasde_schedule(n: int, sigma_min: float, sigma_max: float, inner_model: Any = None,
                     device: Any = None, **_: Any) -> torch.Tensor:
-    """Scheduler ``AdaSDE``: the trained grid of the chosen coefficients for ``n`` steps (ALGORITHMS.md section 2),
+    """Scheduler ``AdaSDE``: the trained grid of the chosen coefficients for ``n`` steps (docs/ALGORITHMS.md section 2),
     followed by 0 only when Settings ask for a final denoise or the sampler is not ours; without coefficients the
     recommended untrained grid (discrete rho 1 from the model's sigma table, else time-uniform)."""
     p = _CONTEXT.get("p")
