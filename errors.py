@@ -1,4 +1,4 @@
-"""The root of every error adasde raises for something the user can fix (docs/ARCHITECTURE.md).
+"""The root of every error adasde raises for something the user can fix (docs/ARCHITECTURE.md, "Errors").
 
 ``adasde.cli.main`` catches :class:`AdasdeError` once, prints its message as one line and exits with status 2; any
 other exception is a bug and keeps its traceback.  Subclasses also derive from the built-in type callers already

@@ -1,6 +1,6 @@
-"""Headless scoring pipelines: statistics of image sources and FID of image folders (docs/ALGORITHMS.md section
-6, "Evaluation protocol"; EDM ``fid.py`` ``ref`` / ``calc``).  Generate-and-score (``fid sample``) lives in
-``generate/score.py``.
+"""Headless scoring pipelines: statistics of image sources and FID of image folders
+(docs/ALGORITHMS.md section 6, "Evaluation protocol"; EDM ``fid.py`` ``ref`` / ``calc``).  Generate-and-score
+(``fid sample``) lives in ``generate/score.py``.
 
 Multi-process: launched with ``torchrun``, each rank takes every ``world``-th image and the statistics are merged
 with :meth:`RunningStats.all_reduce` (gloo on CPU, NCCL on GPUs).
