@@ -131,9 +131,9 @@ def resolve_tables(
 ) -> StepTables:
     """Rows of ``coeffs`` (a ``Coefficients`` record) that fit the positive sigma ``grid``.
 
-    Rules (docs/ALGORITHMS.md section 10): the grid must be a contiguous part of the trained grid (:func:`fit_grid`: the whole
-    grid, a suffix for img2img / denoise < 1, or a segment of a split run: rows ``offset..`` are used, AFS only from
-    the trained sigma_max); anything else (other step count, other
+    Rules (docs/ALGORITHMS.md section 10): the grid must be a contiguous part of the trained grid (:func:`fit_grid`:
+    the whole grid, a suffix for img2img / denoise < 1, or a segment of a split run: rows ``offset..`` are used, AFS
+    only from the trained sigma_max); anything else (other step count, other
     schedule, other sigma range) falls back to untrained AdaSDE (= DPM-Solver-2) with a
     :class:`CoefficientMismatchWarning` naming the mismatch.  AFS is used only when the coefficients were trained with
     it and sampling starts at the trained sigma_max (pure noise); an explicit ``afs`` overrides that.
