@@ -84,7 +84,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from ..coefficients import save
     from ..loaders import load_model
-    from . import ddp
+    from ..runtime import barrier, init_distributed
     from .adasde import distill
     from .features import feature_net_by_name
 
@@ -92,8 +92,7 @@ def _run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.steps is None and args.nfe is None:
         raise SystemExit("adasde distill: give --steps N (grid points) or --nfe K")
-    ddp.init_from_env(args.device)
-    size, rank = ddp.world()
+    rank, size = init_distributed(args.device)
     model = load_model(args.model, device=args.device)
     if isinstance(model, torch.nn.Module):
         model.requires_grad_(False)  # gradients flow to x and the coefficients only
@@ -133,5 +132,5 @@ def _run(args: argparse.Namespace) -> int:
                    "gamma": [float(f"{v:.3g}") for v in coeffs.gamma[:, 0].tolist()]}
         print(json.dumps(summary), file=sys.stdout)
     if size > 1:
-        ddp.barrier()
+        barrier()
     return 0

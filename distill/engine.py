@@ -227,7 +227,7 @@ def run(
     ``trajectories``, ``loss`` (sum over steps), ``losses`` (per step), ``lr``, ``elapsed`` and ``coefficients``;
     an exception raised by it stops the run (the checkpoint of that iteration is already written).
     """
-    size, rank = ddp.world()
+    rank, size = ddp.rank_world()
     if cfg.batch % size:
         raise ValueError(f"batch={cfg.batch} must be divisible by the number of processes ({size})")
     local = cfg.batch // size
