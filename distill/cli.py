@@ -1,7 +1,7 @@
 """``adasde distill``: distil AdaSDE (or AMED) coefficients for a model spec and write a coefficient file.
 
     adasde distill --model testbed:gmm-error --nfe 5 --out gmm-nfe5.safetensors
-    torchrun --nproc_per_node 2 -m adasde distill --model builtin:fmnist --steps 4 --out fmnist4.safetensors
+    torchrun --nproc_per_node 2 -m adasde distill --model builtin:fmnist --steps 3 --out fmnist3.safetensors
 """
 
 from __future__ import annotations
@@ -23,13 +23,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Under torchrun the batch is split across processes.",
     )
     p.add_argument("--model", required=True, help="model spec, e.g. builtin:fmnist, testbed:gmm-error, diffusers:DIR")
-    p.add_argument("--steps", type=int, default=None, help="student grid points N (NFE = 2(N-1) - [AFS])")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampling steps of the student (grid intervals; AdaSDE NFE = (1 + K) steps - [AFS])")
     p.add_argument("--nfe", type=int, default=None, help="target NFE instead of --steps")
     p.add_argument("--method", choices=("adasde", "amed", "amed_plugin"), default="adasde")
     p.add_argument("--base", default="ipndm", help="base solver of --method amed_plugin (euler, dpm_2, ipndm, dpmpp)")
     p.add_argument("--afs", action=argparse.BooleanOptionalAction, default=True, help="analytical first step")
-    p.add_argument("--schedule", default=None, help="time_uniform | polynomial | logsnr | discrete "
-                   "(default: the model's, time_uniform rho 1 for pixel models)")
+    p.add_argument("--schedule", default=None,
+                   help="polynomial | logsnr | time_uniform | discrete | flow_shift, or 'paper' for the paper's "
+                   "choice for --method (default: the grid the model declares, e.g. polynomial rho 7 for "
+                   "builtin:fmnist; the sampling doors use the same default)")
     p.add_argument("--rho", type=float, default=None)
     p.add_argument("--teacher", default=None, help="dpm2 (AdaSDE default) | heun (AMED default) | dpmpp | euler | "
                    "student")
@@ -83,6 +86,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from ..coefficients import save
+    from ..errors import UsageError
     from ..loaders import load_model
     from ..runtime import barrier, init_distributed
     from .adasde import distill
@@ -91,7 +95,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.steps is None and args.nfe is None:
-        raise SystemExit("adasde distill: give --steps N (grid points) or --nfe K")
+        raise UsageError("give --steps N (sampling steps) or --nfe K")
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    if args.schedule == "paper":
+        from ..samplers.presets import PAPER_SCHEDULES
+
+        args.schedule, rho = PAPER_SCHEDULES[args.method]
+        args.rho = rho if args.rho is None else args.rho
     rank, size = init_distributed(args.device)
     model = load_model(args.model, device=args.device)
     if isinstance(model, torch.nn.Module):
@@ -100,7 +111,8 @@ def _run(args: argparse.Namespace) -> int:
     ck = args.checkpoint or str(out.with_name(out.name + ".ckpt.safetensors"))
     bar = TqdmProgress(args.trajectories, args.batch, disable=args.no_progress or rank != 0)
     common: dict[str, Any] = dict(
-        num_steps=args.steps, nfe=args.nfe, afs=args.afs, schedule=args.schedule, rho=args.rho, batch=args.batch,
+        num_steps=None if args.steps is None else args.steps + 1, nfe=args.nfe, afs=args.afs,
+        schedule=args.schedule, rho=args.rho, batch=args.batch,
         trajectories=args.trajectories, seed=args.seed, device=args.device, progress=bar, checkpoint=ck,
         checkpoint_every=args.checkpoint_every, resume=args.resume, grad_checkpoint=args.grad_checkpoint,
         name=args.model,
@@ -117,7 +129,7 @@ def _run(args: argparse.Namespace) -> int:
             from .amed import distill_amed
 
             if args.loss != "l2":
-                raise SystemExit("adasde distill: AMED trains with the L2 loss only (section 4.4); drop --loss")
+                raise UsageError("AMED trains with the L2 loss only (docs/ALGORITHMS.md section 4.4); drop --loss")
             coeffs = distill_amed(model, plugin=args.base if args.method == "amed_plugin" else None, **common, **opt)
     finally:
         bar.close()

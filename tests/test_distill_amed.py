@@ -73,5 +73,11 @@ def test_cli_writes_a_coefficient_file(tmp_path, capsys):
                "--method", "amed_plugin", "--base", "dpm_2", "--out", str(tmp_path / "p.safetensors"),
                "--no-progress"])
     assert rc == 0 and load(tmp_path / "p.safetensors").base == "dpm_2"
-    with pytest.raises(SystemExit):
-        main(["distill", "--model", "testbed:gmm-error", "--out", str(out)])
+    assert main(["distill", "--model", "testbed:gmm-error", "--out", str(out)]) == 2  # neither --steps nor --nfe
+    assert "give --steps N" in capsys.readouterr().err
+    # --steps counts sampling steps (intervals), as every host does: 3 steps with AFS = NFE 5
+    rc = main(["distill", "--model", "testbed:gmm-error", "--steps", "3", "--trajectories", "32", "--batch", "16",
+               "--out", str(tmp_path / "s3.safetensors"), "--no-progress"])
+    assert rc == 0
+    s3 = load(tmp_path / "s3.safetensors")
+    assert s3.steps == 3 and s3.sigmas.numel() == 4 and s3.nfe == 5
