@@ -267,7 +267,7 @@ def load_feature_net(
     """Build feature network ``name`` (``inception`` | ``fmnist`` | registered) in eval mode on ``device``."""
     key = ALIASES.get(name, name)
     if key not in FEATURE_NETS:
-        raise ValueError(f"unknown feature network {name!r}; choose one of {', '.join(sorted(FEATURE_NETS))}")
+        raise FeatureNetError(f"unknown feature network {name!r}; choose one of {', '.join(sorted(FEATURE_NETS))}")
     net = FEATURE_NETS[key](weights=weights, allow_download=allow_download)
     return net.to(device or "cpu").eval()
 

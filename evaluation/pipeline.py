@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import UsageError
 from ..runtime import rank_world
-from .features import FeatureNet, load_feature_net
-from .images import iter_batches, iter_images
+from .features import FeatureNet, FeatureNetError, load_feature_net
+from .images import ImageReadError, iter_batches, iter_images
 from .metrics import fid_from_stats, kid, precision_recall
 from .reference import RefStats, check_feature_net, load_stats, save_stats, sha256_file
 from .stats import RunningStats
@@ -84,11 +85,11 @@ def iter_source(
         with np.load(src, allow_pickle=False) as z:
             key = next((k for k in ("images", "x", "arr_0") if k in z.files), None)
             if key is None:
-                raise ValueError(f"{src}: no image array (keys 'images', 'x' or 'arr_0'); has {sorted(z.files)}. "
+                raise ImageReadError(f"{src}: no image array (keys 'images', 'x' or 'arr_0'); has {sorted(z.files)}. "
                                  "Statistics files (mu/sigma) are converted by `adasde fid ref`, not read as images")
             arr = np.asarray(z[key])
         if arr.dtype != np.uint8 or arr.ndim not in (3, 4):
-            raise ValueError(f"{src}:{key}: expected uint8 images [N, H, W(, C)] or [N, C, H, W], got {arr.dtype} "
+            raise ImageReadError(f"{src}:{key}: expected uint8 images [N, H, W(, C)] or [N, C, H, W], got {arr.dtype} "
                              f"{arr.shape}")
         if arr.ndim == 3:
             arr = arr[:, None]
@@ -101,6 +102,22 @@ def iter_source(
         arr = arr[:max_images]
     for i in range(rank, arr.shape[0], world):
         yield f"{i:06d}", torch.from_numpy(np.ascontiguousarray(arr[i]))
+
+
+def check_source(source: str | os.PathLike, what: str = "--data") -> None:
+    """Refuse a missing image source before any network is loaded."""
+    src = str(source)
+    if src not in BUILTIN_DATA and not Path(src).exists():
+        raise ImageReadError(f"{what} {src}: no such folder, zip or .npz of images (or builtin:fmnist-train|test)")
+
+
+def check_net_name(net: str) -> None:
+    """Refuse an unknown feature network name before any work."""
+    from .features import ALIASES, FEATURE_NETS
+
+    if ALIASES.get(net, net) not in FEATURE_NETS:
+        raise FeatureNetError(f"--net {net!r} is not a known feature network; choose one of "
+                              f"{', '.join(sorted(FEATURE_NETS))}")
 
 
 def stats_of_source(
@@ -128,7 +145,7 @@ def stats_of_source(
             bar.update(len(imgs))
     rs.all_reduce()
     if rs.n == 0:
-        raise ValueError(f"{source}: no readable images found")
+        raise ImageReadError(f"{source}: no readable images found")
     if skipped:
         log.warning("%d file(s) skipped in %s", len(skipped), source)
     rs.meta["num_images"] = rs.n
@@ -146,6 +163,7 @@ def compute_reference(
     feature network is taken from the file or from ``net``).
     """
     rank, _ = rank_world()
+    check_source(data)
     if str(data).endswith(".npz") and Path(data).is_file():
         with np.load(data, allow_pickle=False) as z:
             is_stats = {"mu", "sigma"} <= set(z.files)
@@ -159,6 +177,7 @@ def compute_reference(
             if rank == 0:
                 save_stats(dest, out, layout=layout)
             return out
+    check_net_name(net)
     fnet = load_feature_net(net, device=device, weights=weights, allow_download=allow_download)
     rs, _, skipped = stats_of_source(data, fnet, batch=batch, on_error=on_error, max_images=max_images,
                                      progress=progress)
@@ -190,10 +209,14 @@ def score_images(
 ) -> dict[str, Any]:
     """``adasde fid calc``: FID (or FD-<net>) of an image source against reference statistics (an ``.npz``) or
     against another image source (then KID and precision/recall are available with ``kid_pr=True``)."""
-    ref_is_stats = str(ref).endswith(".npz") and _is_stats_file(ref)
+    check_source(images, "--images")
+    if not (str(ref).endswith(".npz") or Path(ref).exists()):
+        check_source(ref, "--ref")
+    ref_is_stats = str(ref).endswith(".npz") and (_is_stats_file(ref) or not Path(ref).is_file())
     ref_stats = load_stats(ref) if ref_is_stats else None
     if net is None:
         net = (ref_stats.feature_net if ref_stats is not None else None) or "inception"
+    check_net_name(net)
     if ref_stats is not None:  # refuse a mismatch before loading a (possibly large) network
         check_feature_net(ref_stats, _net_name(net))
     fnet = load_feature_net(net, device=device, weights=weights, allow_download=allow_download)
@@ -251,7 +274,7 @@ def fd_fmnist_reference(split: str = "test", device: str | torch.device | None =
     weights' sha256.
     """
     if split not in FMNIST_SPLITS:
-        raise ValueError(f"Fashion-MNIST split must be one of {FMNIST_SPLITS}, got {split!r}")
+        raise UsageError(f"Fashion-MNIST split must be one of {FMNIST_SPLITS}, got {split!r}")
     from ..builtin import classifier as clf
 
     shipped = Path(clf.STATS_DIR) / f"fmnist_{split}.npz"
