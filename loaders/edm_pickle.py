@@ -233,8 +233,8 @@ def class_indices(labels: Any, num_classes: int, batch: int, device: torch.devic
     return one_hot_labels(labels, num_classes, batch, device, family).argmax(dim=1)
 
 
-_FAMILIES = (("cifar10", "edm-cifar10"), ("ffhq", "edm-ffhq64"), ("afhqv2", "edm-afhqv2-64"),
-             ("imagenet", "edm-imagenet64"))
+# family = "edm-" + the AdaSDE release's dataset key (as coefficients.import_official names them)
+_FAMILIES = (("cifar10", "edm-cifar10"), ("ffhq", "edm-ffhq"), ("afhqv2", "edm-afhqv2"), ("imagenet", "edm-imagenet64"))
 
 
 def _family(path: Path, resolution: int, label_dim: int) -> str:

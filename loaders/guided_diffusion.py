@@ -191,7 +191,11 @@ def load_cm(file: str | os.PathLike, device: Any = None, dtype: Any = None, *, s
     if cfg.out_channels != cfg.in_channels:
         raise ModelSpecError(f"{path}: {cfg.out_channels} output channels; a consistency-models EDM U-Net predicts "
                              f"{cfg.in_channels} (is this a guided-diffusion file? use adm:)")
-    family = f"cm-bedroom{cfg.image_size}" if "bedroom" in path.name.lower() else f"cm-{cfg.image_size}"
+    size = cfg.image_size
+    if "bedroom" in path.name.lower():
+        family = "cm-lsun_bedroom" + ("" if size == 256 else str(size))
+    else:
+        family = f"cm-{size}"
     return _finish(CMDenoiser(net, family, str(path)), device, dtype)
 
 
@@ -201,9 +205,6 @@ _OPTION_KEYS = ("classifier", "size", "head_channels", "rate", "guidance_rate", 
 def parse_spec(rest: str) -> tuple[str, dict[str, str]]:
     """``FILE [--classifier C] [?key=value&...]`` -> (FILE, options)."""
     opts: dict[str, str] = {}
-    m = re.fullmatch(r"\s*(.+?)\s+--classifier(?:\s+|=)(\S+)\s*", rest)
-    if m:
-        rest, opts["classifier"] = m.group(1), m.group(2)
     if "?" in rest:
         rest, query = rest.split("?", 1)
         for part in filter(None, query.split("&")):
@@ -211,6 +212,9 @@ def parse_spec(rest: str) -> tuple[str, dict[str, str]]:
             if not sep or k not in _OPTION_KEYS:
                 raise ModelSpecError(f"{rest}?{query}: unknown option {part!r}; known: {', '.join(_OPTION_KEYS)}")
             opts[k] = v
+    m = re.fullmatch(r"\s*(.+?)\s+--classifier(?:\s+|=)(\S+)\s*", rest)
+    if m:
+        rest, opts["classifier"] = m.group(1), m.group(2)
     return rest.strip(), opts
 
 

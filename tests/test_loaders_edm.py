@@ -235,7 +235,7 @@ def test_uncond_distill_and_dtype(tmp_path):
     f = write_edm_pickle(tmp_path / "edm-ffhq-64x64-uncond-vp.pkl", _net("song", SONG), SONG, "EDMPrecond",
                          PRECONDS["EDMPrecond"], src=_payload(tmp_path / MARKER))
     den = load_model(f"edm:{f}")
-    assert den.family == "edm-ffhq64"
+    assert den.family == "edm-ffhq"
     co = distill(den, num_steps=3, afs=False, M=1, batch=2, trajectories=2, seed=0)
     assert co.steps == 2 and torch.isfinite(co.r).all()
     half = load_model(f"edm:{f}", dtype="bf16")
