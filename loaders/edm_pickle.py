@@ -209,8 +209,8 @@ def one_hot_labels(labels: Any, num_classes: int, batch: int, device: torch.devi
     if not num_classes:
         return None
     if labels is None:
-        raise UsageError(f"{family} is class-conditional: pass class_labels (extra_args['class_labels'], class "
-                         f"indices 0..{num_classes - 1})")
+        raise UsageError(f"{family} is class-conditional: give class labels (--classes, or "
+                         f"extra_args['class_labels'] = class indices 0..{num_classes - 1})")
     t = torch.as_tensor(labels, device=device)
     if t.ndim == 2 and t.shape[1] == num_classes and t.is_floating_point():
         rows = t
@@ -245,16 +245,8 @@ def _family(path: Path, resolution: int, label_dim: int) -> str:
     return f"edm-{resolution}x{resolution}{'-cond' if label_dim else ''}"
 
 
-def load_edm_pickle(file: str | os.PathLike, device: torch.device | str | None = None,
-                    dtype: torch.dtype | str | None = None) -> EDMDenoiser:
-    """An NVIDIA EDM ``.pkl`` as an :class:`EDMDenoiser` (eval mode, no gradients on its weights)."""
-    path = Path(file).expanduser()
-    data = read_pickle(path)
-    net = data.get("ema", data.get("net")) if isinstance(data, dict) else data
-    if not (isinstance(net, PersistentObject) and net.class_name in PRECONDS):
-        what = "no 'ema' entry" if net is None else _describe(net)
-        raise ModelSpecError(f"refusing to load {path}: expected an EDM preconditioned network under 'ema' "
-                             f"({', '.join(PRECONDS)}), found {what}")
+def _build(net: PersistentObject, path: Path) -> EDMDenoiser:
+    """Our network + preconditioner from the stubbed ``ema`` object (recorded arguments, tensors, attributes)."""
     tensors = collect_tensors(net, path)
     st = _state(net)
     inner = (st.get("_modules") or {}).get("model")
@@ -277,8 +269,27 @@ def load_edm_pickle(file: str | os.PathLike, device: torch.device | str | None =
               "beta_min": _num(st, "beta_min", 0.1), "M": _num(st, "M", 1000), "epsilon_t": _num(st, "epsilon_t", 1e-5)}
     res, ch = int(kwargs["img_resolution"]), int(kwargs["in_channels"])
     label_dim = int(kwargs.get("label_dim", 0) or 0)
-    den = EDMDenoiser(module, net.class_name, params, resolution=res, channels=ch, label_dim=label_dim,
-                      family=_family(path, res, label_dim), source=str(path))
+    return EDMDenoiser(module, net.class_name, params, resolution=res, channels=ch, label_dim=label_dim,
+                       family=_family(path, res, label_dim), source=str(path))
+
+
+def load_edm_pickle(file: str | os.PathLike, device: torch.device | str | None = None,
+                    dtype: torch.dtype | str | None = None) -> EDMDenoiser:
+    """An NVIDIA EDM ``.pkl`` as an :class:`EDMDenoiser` (eval mode, no gradients on its weights)."""
+    path = Path(file).expanduser()
+    data = read_pickle(path)
+    net = data.get("ema", data.get("net")) if isinstance(data, dict) else data
+    if not (isinstance(net, PersistentObject) and net.class_name in PRECONDS):
+        what = "no 'ema' entry" if net is None else _describe(net)
+        raise ModelSpecError(f"refusing to load {path}: expected an EDM preconditioned network under 'ema' "
+                             f"({', '.join(PRECONDS)}), found {what}")
+    try:
+        den = _build(net, path)
+    except ModelSpecError:
+        raise
+    except (AttributeError, TypeError, KeyError, ValueError, IndexError) as exc:
+        raise ModelSpecError(f"{path}: not a well-formed EDM network pickle ({type(exc).__name__}: {exc}); download "
+                             "the file again") from None
     den.eval().requires_grad_(False)
     return den.to(device=device or "cpu", dtype=_dtype(dtype) or torch.float32)
 

@@ -28,9 +28,9 @@ Classifier = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def classifier_log_prob_grad(classifier: Classifier, x: torch.Tensor, sigma: torch.Tensor,
                              labels: torch.Tensor) -> torch.Tensor:
     """grad_x log p(y | x; sigma) for ``classifier(x, sigma) -> logits`` [B, classes], per sample."""
-    with torch.enable_grad():
-        xg = x.detach().requires_grad_(True)
-        logp = F.log_softmax(classifier(xg, sigma.detach()).float(), dim=-1)
+    with torch.inference_mode(False), torch.enable_grad():  # also under no_grad / inference_mode (hosts)
+        xg = x.detach().clone().requires_grad_(True)
+        logp = F.log_softmax(classifier(xg, sigma.detach().clone()).float(), dim=-1)
         picked = logp.gather(1, labels.long().view(-1, 1).to(logp.device)).sum()
         (grad,) = torch.autograd.grad(picked, xg)
     return grad.to(x.dtype)

@@ -178,6 +178,8 @@ def test_classifier_guidance_formula_sampling_and_distill(tmp_path):
     scale = (1 + sigma**2).view(-1, 1, 1, 1)
     torch.testing.assert_close(got.detach() / scale, ref / scale, atol=2e-5, rtol=1e-4)
     assert not torch.allclose(got, base)
+    with torch.inference_mode():  # hosts (ComfyUI) sample under inference mode; the gradient is still taken
+        torch.testing.assert_close(den(x, sigma), got.detach())
     # the same model through load_model keywords, rate 0 = unguided
     zero = load_model(f"adm:{model}", classifier=str(cls), guidance_rate=0.0, classes=[3])
     with torch.no_grad():

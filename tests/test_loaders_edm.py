@@ -79,7 +79,8 @@ def _child(m, fn, src):
 
 
 def write_edm_pickle(path: Path, net: torch.nn.Module, net_kwargs: dict, precond: str, precond_attrs: dict,
-                     *, src: str, evil=None, label_dim: int = 0, protocol: int = 4) -> Path:
+                     *, src: str, evil=None, label_dim: int = 0, protocol: int = 4, state_patch=None,
+                     net_patch=None) -> Path:
     names = ["torch_utils", "torch_utils.persistence", "training", "training.networks", "training.loss", "dnnlib",
              "dnnlib.util"]
     with fake_modules(names) as mods:
@@ -106,6 +107,8 @@ def write_edm_pickle(path: Path, net: torch.nn.Module, net_kwargs: dict, precond
         attrs = dict(img_resolution=res, img_channels=ch, label_dim=label_dim, use_fp16=False, **precond_attrs)
         ema = _wrap(outer, fn, src, pre_kwargs, attrs, name=precond)
         ema.meta["state"]["_modules"]["model"] = _wrap(net, fn, src, net_kwargs)
+        ema.meta["state"]["_modules"]["model"].meta["state"].update(net_patch or {})
+        ema.meta["state"].update(state_patch or {})
         if evil is not None:
             ema.meta["state"]["hidden"] = evil
         loss = _Persistent(fn, "EDMLoss", dict(P_mean=-1.2, P_std=1.2, sigma_data=0.5), src)
@@ -291,6 +294,14 @@ def test_bad_files(tmp_path):
     bad.write_bytes(f.read_bytes()[:4000])
     with pytest.raises(ModelSpecError, match="trunc.pkl"):
         load_model(f"edm:{bad}")
+    broken = write_edm_pickle(tmp_path / "edm-broken.pkl", _net("song", SONG), SONG, "EDMPrecond",
+                              PRECONDS["EDMPrecond"], src="", state_patch={"_modules": ["not", "a", "dict"]})
+    with pytest.raises(ModelSpecError, match=r"edm-broken\.pkl: not a well-formed EDM network pickle"):
+        load_model(f"edm:{broken}")
+    nokw = write_edm_pickle(tmp_path / "edm-nokw.pkl", _net("song", SONG), SONG, "EDMPrecond",
+                            PRECONDS["EDMPrecond"], src="", net_patch={"_init_kwargs": None, "_init_args": None})
+    with pytest.raises(ModelSpecError, match=r"edm-nokw\.pkl: SongUNet has no recorded constructor arguments"):
+        load_model(f"edm:{nokw}")
     with pytest.raises(ModelSpecError, match=r"\*\.pkl"):
         load_model(f"edm:{tmp_path / 'x.pt'}")
 
