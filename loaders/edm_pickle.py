@@ -196,8 +196,8 @@ class EDMDenoiser(Denoiser):
         wdt = next(self.net.parameters()).dtype
         view = (-1,) + (1,) * (x.ndim - 1)
         labels = one_hot_labels(class_labels, self.label_dim, x.shape[0], x.device, self.family)
-        f = self.net((c_in.view(view).to(x.dtype) * x).to(wdt), c_noise.to(wdt),
-                     None if labels is None else labels.to(wdt))
+        # the noise / label embeddings stay float32 (as EDM's fp16 mode); only the feature maps use ``wdt``
+        f = self.net((c_in.view(view).to(x.dtype) * x).to(wdt), c_noise.float(), labels)
         self._bottleneck = getattr(self.net, "bottleneck", None)
         return c_skip.view(view).to(x.dtype) * x + c_out.view(view).to(x.dtype) * f.to(x.dtype)
 
