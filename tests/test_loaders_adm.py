@@ -239,5 +239,9 @@ def test_wrong_files_are_clear_errors(tmp_path):
     torch.save(_state_dict(UNET, 0), released)  # a file named like the release but of another architecture
     with pytest.raises(ModelSpecError, match="256x256_diffusion.pt.*do not fit"):
         load_model(f"adm:{released}")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"conv_in.weight": torch.zeros(4, 3, 3, 3)}, foreign)  # a diffusers-layout file
+    with pytest.raises(ModelSpecError, match="foreign.pt: not a guided-diffusion / consistency-models state dict"):
+        load_model(f"adm:{foreign}")
     with pytest.raises(ModelSpecError, match="unknown option"):
         load_model(f"adm:{unet}?bogus=1")

@@ -279,15 +279,20 @@ def infer_config(sd: dict[str, torch.Tensor], image_size: int | None, num_head_c
     emb_out = shape("input_blocks.1.0.emb_layers.1.weight")[0]
     scale_shift = emb_out == 2 * shape("input_blocks.1.0.out_layers.3.weight")[0]
     conv2d = any(k.endswith(".qkv.weight") and sd[k].ndim == 4 for k in sd)
+    spatial = None
     if classifier:
-        pe = shape("out.2.positional_embedding")
-        spatial = math.isqrt(pe[1] - 1)
+        tokens = shape("out.2.positional_embedding")[1] - 1  # one token per position plus the mean token
+        spatial = math.isqrt(tokens)
+        if spatial * spatial != tokens:
+            raise ValueError(f"pooling head has {tokens} position tokens, not a square grid")
         out_ch = shape("out.2.c_proj.weight")[0]
-    else:
-        out_ch = shape("out.2.weight")[0]
-        spatial = None
     if not classifier:
-        n_out = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("output_blocks."))
+        outs = [int(k.split(".")[1]) for k in sd if k.startswith("output_blocks.")]
+        if not outs or "out.2.weight" not in sd:
+            raise ValueError("neither a U-Net (output_blocks.*, out.2.weight) nor an attention-pool classifier "
+                             "(out.2.positional_embedding)")
+        n_out = 1 + max(outs)
+        out_ch = shape("out.2.weight")[0]
         # the first output block holding an upsampler (a layer after the ResBlock that is not attention) closes
         # level L-1: its index is num_res_blocks
         nrb = None
@@ -301,7 +306,7 @@ def infer_config(sd: dict[str, torch.Tensor], image_size: int | None, num_head_c
             nrb = n_out - 1
         levels = n_out // (nrb + 1)
     else:
-        # L levels: 1 + L * nrb + (L - 1) input blocks; resample blocks are those not followed by growth
+        # L levels hold 1 + L * nrb + (L - 1) = L (nrb + 1) input blocks
         levels, nrb = _classifier_levels(sd, n_in)
     updown = any(f"input_blocks.{i}.0.in_layers.2.weight" in sd for i in _down_indices(levels, nrb))
     mult, attn_ds, ds = [], [], 1
