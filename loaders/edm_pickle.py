@@ -43,7 +43,7 @@ from ..coefficients.official import PersistentObject, SafeUnpickler, Stub
 from ..errors import UsageError
 from ..runtime import dtype as _dtype
 from .base import Denoiser, ModelSpecError, register_resolver
-from .diffusers_loader import load_checked
+from .networks import build_and_load
 from .networks.edm import LAYERS, NETWORKS
 
 PRECONDS = ("EDMPrecond", "VPPrecond", "VEPrecond")
@@ -255,15 +255,17 @@ def _build(net: PersistentObject, path: Path) -> EDMDenoiser:
                              f"of {', '.join(NETWORKS)}")
     cls = NETWORKS[inner.class_name]
     kwargs = _init_kwargs(inner, cls, path)
-    try:
-        module = cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ModelSpecError(f"{path}: cannot build {inner.class_name} from its recorded arguments ({exc})") from None
     sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     extra = sorted(k for k in tensors if not k.startswith("model."))
     if extra:
         raise ModelSpecError(f"{path}: unexpected tensors {extra[:4]} on {net.class_name}")
-    load_checked(module, sd, str(path), f"{inner.class_name} built from its recorded arguments")
+    try:
+        module = build_and_load(lambda: cls(**kwargs), sd, str(path),
+                                f"{inner.class_name} built from its recorded arguments")
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ModelSpecError):
+            raise
+        raise ModelSpecError(f"{path}: cannot build {inner.class_name} from its recorded arguments ({exc})") from None
     params = {"sigma_data": _num(st, "sigma_data", 0.5), "sigma_min": _num(st, "sigma_min", 0.0),
               "sigma_max": _num(st, "sigma_max", math.inf), "beta_d": _num(st, "beta_d", 19.9),
               "beta_min": _num(st, "beta_min", 0.1), "M": _num(st, "M", 1000), "epsilon_t": _num(st, "epsilon_t", 1e-5)}

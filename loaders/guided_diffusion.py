@@ -39,9 +39,10 @@ from torch import nn
 from ..errors import UsageError
 from ..runtime import dtype as _dtype
 from .base import Denoiser, ModelSpecError, register_resolver
-from .diffusers_loader import VPTable, alphas_cumprod_from_config, load_checked
+from .diffusers_loader import VPTable, alphas_cumprod_from_config
 from .edm_pickle import class_indices
 from .guidance import ClassifierGuided
+from .networks import build_and_load
 from .networks.adm import ADMConfig, ADMUNet, infer_config, released_config
 from .single_file import read_checkpoint
 
@@ -149,8 +150,8 @@ def build_network(path: Path, sd: dict[str, torch.Tensor], *, size: int | None =
         kind = "a classifier (EncoderUNetModel)" if cfg.pool else "a diffusion U-Net"
         raise ModelSpecError(f"{path}: this file is {kind}; pass it as "
                              f"{'--classifier' if cfg.pool else 'the model'}")
-    net = ADMUNet(cfg)
-    load_checked(net, sd, str(path), f"ADM architecture {cfg.image_size}px, {cfg.model_channels} channels")
+    net = build_and_load(lambda: ADMUNet(cfg), sd, str(path),
+                         f"ADM architecture {cfg.image_size}px, {cfg.model_channels} channels")
     return net.eval().requires_grad_(False)
 
 

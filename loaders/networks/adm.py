@@ -295,11 +295,14 @@ def infer_config(sd: dict[str, torch.Tensor], image_size: int | None, num_head_c
         out_ch = shape("out.2.weight")[0]
         # the first output block holding an upsampler (a layer after the ResBlock that is not attention) closes
         # level L-1: its index is num_res_blocks
+        layers: dict[int, set[int]] = {}
+        for k in sd:
+            if k.startswith("output_blocks."):
+                parts = k.split(".")
+                layers.setdefault(int(parts[1]), set()).add(int(parts[2]))
         nrb = None
         for j in range(n_out):
-            layers = {int(k.split(".")[2]) for k in sd if k.startswith(f"output_blocks.{j}.")}
-            ups = [m for m in layers if m > 0 and f"output_blocks.{j}.{m}.qkv.weight" not in sd]
-            if ups:
+            if any(m > 0 and f"output_blocks.{j}.{m}.qkv.weight" not in sd for m in layers.get(j, ())):
                 nrb = j
                 break
         if nrb is None:  # one level only
