@@ -187,10 +187,9 @@ def test_classifier_guidance_formula_sampling_and_distill(tmp_path):
     # sampling and a couple of distillation iterations under guidance
     sig = get_sigmas("time_uniform", 4, den.sigma_min, den.sigma_max)
     z = torch.randn(2, *den.sample_shape) * den.sigma_max
-    for fn in (sample_heun, sample_adasde):
-        out = fn(den, z, sig, extra_args={"seed": 2})
-        assert out.shape == z.shape and torch.isfinite(out).all()
-    co = distill(den, num_steps=3, afs=True, M=1, batch=2, trajectories=4, seed=0,
+    out = sample_adasde(den, z, sig, extra_args={"seed": 2})
+    assert out.shape == z.shape and torch.isfinite(out).all()
+    co = distill(den, num_steps=3, afs=True, M=1, batch=2, trajectories=2, seed=0,
                  condition_fn=lambda it, rng: {"class_labels": torch.randint(0, 10, (2,), generator=rng)})
     assert co.steps == 2 and torch.isfinite(co.r).all()
     with pytest.raises(UsageError, match="classes"):

@@ -302,6 +302,10 @@ def test_bad_files(tmp_path):
                             PRECONDS["EDMPrecond"], src="", net_patch={"_init_kwargs": None, "_init_args": None})
     with pytest.raises(ModelSpecError, match=r"edm-nokw\.pkl: SongUNet has no recorded constructor arguments"):
         load_model(f"edm:{nokw}")
+    huge = write_edm_pickle(tmp_path / "edm-huge.pkl", _net("song", SONG), SONG, "EDMPrecond", PRECONDS["EDMPrecond"],
+                            src="", net_patch={"_init_kwargs": {**SONG, "model_channels": 1 << 20}})
+    with pytest.raises(ModelSpecError, match=r"edm-huge\.pkl: the weights do not fit"):  # checked before allocating
+        load_model(f"edm:{huge}")
     with pytest.raises(ModelSpecError, match=r"\*\.pkl"):
         load_model(f"edm:{tmp_path / 'x.pt'}")
 

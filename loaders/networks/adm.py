@@ -171,7 +171,8 @@ class AttentionPool2d(nn.Module):
 
     def __init__(self, spatial: int, ch: int, head_channels: int, out_ch: int):
         super().__init__()
-        self.positional_embedding = nn.Parameter(torch.randn(ch, spatial**2 + 1) / ch**0.5)
+        b = 1 / math.sqrt(ch)  # placeholder values (the file supplies them); uniform_ keeps meta builds cheap
+        self.positional_embedding = nn.Parameter(torch.empty(ch, spatial**2 + 1).uniform_(-b, b))
         self.qkv_proj = nn.Conv1d(ch, 3 * ch, 1)
         self.c_proj = nn.Conv1d(ch, out_ch, 1)
         self.heads = ch // head_channels
@@ -193,7 +194,8 @@ class ADMUNet(nn.Module):
         mc, ted = cfg.model_channels, cfg.model_channels * 4
         self.time_embed = nn.Sequential(nn.Linear(mc, ted), nn.SiLU(), nn.Linear(ted, ted))
         if cfg.num_classes:
-            self.label_emb = nn.Embedding(cfg.num_classes, ted)
+            self.label_emb = nn.Embedding(cfg.num_classes, ted,
+                                          _weight=torch.empty(cfg.num_classes, ted).uniform_(-1, 1))
 
         def res(cin: int, cout: int | None = None, **kw: bool) -> ResBlock:
             return ResBlock(cin, ted, cout, cfg.use_scale_shift_norm, **kw)

@@ -25,8 +25,15 @@ from torch import nn
 
 
 def _fir(taps: Sequence[float]) -> torch.Tensor:
-    f = torch.as_tensor(list(taps), dtype=torch.float32)
+    f = torch.tensor([float(t) for t in taps], dtype=torch.float32, device="cpu")  # CPU even under a meta build
     return (torch.outer(f, f) / f.sum() ** 2)[None, None]
+
+
+def _uniform(*shape: int, fan_in: int) -> nn.Parameter:
+    """A placeholder initialisation (the weights always come from a file); ``uniform_`` only, so that building on
+    the meta device runs no tensor arithmetic."""
+    bound = 1 / math.sqrt(max(fan_in, 1))
+    return nn.Parameter(torch.empty(*shape).uniform_(-bound, bound))
 
 
 class Linear(nn.Module):
@@ -35,7 +42,7 @@ class Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.weight = nn.Parameter(torch.randn(out_features, in_features) / math.sqrt(in_features))
+        self.weight = _uniform(out_features, in_features, fan_in=in_features)
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -53,8 +60,7 @@ class Conv2d(nn.Module):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.up, self.down, self.fused_resample = up, down, fused_resample
         fan_in = in_channels * kernel * kernel
-        self.weight = (nn.Parameter(torch.randn(out_channels, in_channels, kernel, kernel) / math.sqrt(max(fan_in, 1)))
-                       if kernel else None)
+        self.weight = _uniform(out_channels, in_channels, kernel, kernel, fan_in=fan_in) if kernel else None
         self.bias = nn.Parameter(torch.zeros(out_channels)) if kernel and bias else None
         self.register_buffer("resample_filter", _fir(resample_filter) if (up or down) else None)
 
@@ -166,7 +172,7 @@ class FourierEmbedding(nn.Module):
 
     def __init__(self, num_channels: int, scale: float = 16):
         super().__init__()
-        self.register_buffer("freqs", torch.randn(num_channels // 2) * scale)
+        self.register_buffer("freqs", torch.empty(num_channels // 2).uniform_(-2 * scale, 2 * scale))  # from the file
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         args = torch.outer(x, (2 * math.pi * self.freqs).to(x.dtype))
