@@ -42,11 +42,14 @@ class ClassifierGuided(Denoiser):
     ``classifier(x, sigma) -> logits`` works in the same sigma form as the denoiser.  ``classes``: an int, a [B]
     sequence/tensor of class indices, or None (then every call must pass ``class_labels``); per-call
     ``class_labels`` override it and are also handed to class-conditional denoisers.  ``rate = 0`` is the unguided
-    model.  All ``Denoiser`` attributes (family, sigma range, schedule, shape, decode, bottleneck) are the wrapped
+    model.  ``clip``: clamp the guided x0 to [-1, 1] (pixel data range; guided-diffusion's ``clip_denoised``).  All
+    ``Denoiser`` attributes (family, sigma range, schedule, shape, decode, bottleneck) are the wrapped
     model's."""
 
-    def __init__(self, denoiser: Denoiser, classifier: Classifier, classes: Any = None, rate: float = 1.0):
+    def __init__(self, denoiser: Denoiser, classifier: Classifier, classes: Any = None, rate: float = 1.0,
+                 clip: bool = False):
         super().__init__()
+        self.clip = bool(clip)
         rate = float(rate)
         if not rate == rate or rate < 0:  # NaN or negative
             raise UsageError(f"--guidance-rate {rate}: expected a number >= 0")
@@ -78,9 +81,10 @@ class ClassifierGuided(Denoiser):
             extra = {**extra, "class_labels": y}
         d = self.inner(x, sigma, **extra)
         if self.rate == 0:
-            return d
+            return d.clamp(-1, 1) if self.clip else d
         g = classifier_log_prob_grad(self.classifier, x, sigma, y)
-        return d + (sigma.to(x.dtype) ** 2 * self.rate).view(-1, *([1] * (x.ndim - 1))) * g
+        d = d + (sigma.to(x.dtype) ** 2 * self.rate).view(-1, *([1] * (x.ndim - 1))) * g
+        return d.clamp(-1, 1) if self.clip else d
 
     def bottleneck(self) -> torch.Tensor | None:
         return self.inner.bottleneck()
@@ -92,7 +96,8 @@ class ClassifierGuided(Denoiser):
         return self.inner.identity()
 
 
-def classifier_guided(denoiser: Denoiser, classifier: Classifier, classes: Any = None,
-                      rate: float = 1.0) -> ClassifierGuided:
-    """``ClassifierGuided(denoiser, classifier, classes, rate)``: the ``cg`` guidance type of the AdaSDE release."""
-    return ClassifierGuided(denoiser, classifier, classes, rate)
+def classifier_guided(denoiser: Denoiser, classifier: Classifier, classes: Any = None, rate: float = 1.0,
+                      clip: bool = False) -> ClassifierGuided:
+    """``ClassifierGuided(denoiser, classifier, classes, rate, clip)``: the ``cg`` guidance type of the AdaSDE
+    release."""
+    return ClassifierGuided(denoiser, classifier, classes, rate, clip)

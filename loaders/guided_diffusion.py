@@ -22,6 +22,9 @@ Spec forms (keywords of ``load_model`` in brackets):
   sigma s_d / sqrt(sigma^2 + s_d^2), c_in = 1 / sqrt(sigma^2 + s_d^2)) and network time 250 ln(sigma)
   (consistency models' ``1000 * 0.25 * ln(sigma)``); sigma in [0.002, 80]; default schedule time-uniform rho 1.
 
+``clip=1`` [``clip=True``]: clamp x0 (after guidance) to [-1, 1], as the release's ADM wrapper and guided-diffusion's
+``clip_denoised`` do; off by default (a clamp zeroes gradients outside the data range).
+
 Options for files whose architecture is inferred: ``size=N`` [``size=``] (image size, else parsed from the file name
 as ``NxN`` or a trailing number such as ``bedroom256``), ``head_channels=N`` [``head_channels=``, default 64].
 """
@@ -80,12 +83,13 @@ class _ADMBase(Denoiser):
 
 
 class ADMDenoiser(_ADMBase):
-    """guided-diffusion eps model in sigma form (module docstring)."""
+    """guided-diffusion eps model in sigma form (module docstring); ``clip`` clamps x0 to [-1, 1]."""
 
     prediction = "eps"
 
-    def __init__(self, net: ADMUNet, family: str, source: str = ""):
+    def __init__(self, net: ADMUNet, family: str, source: str = "", clip: bool = False):
         super().__init__(net, family, source)
+        self.clip = bool(clip)
         self.table = adm_table()
         self.model_sigmas = self.table.sigmas.to(torch.float32)
         self.sigma_min, self.sigma_max = float(self.table.sigmas[0]), float(self.table.sigmas[-1])
@@ -94,7 +98,8 @@ class ADMDenoiser(_ADMBase):
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
         s = sigma.to(torch.float64)
         eps = self._run(_view(1 / (1 + s**2).sqrt(), x) * x, self.table.sigma_to_t(s), self._labels(extra, x))
-        return x - _view(s, x) * eps.to(x.dtype)
+        d = x - _view(s, x) * eps.to(x.dtype)
+        return d.clamp(-1, 1) if self.clip else d
 
 
 class CMDenoiser(_ADMBase):
@@ -160,7 +165,7 @@ def _finish(m: nn.Module, device: Any, dtype: Any) -> Any:
 
 
 def load_adm(file: str | os.PathLike, device: Any = None, dtype: Any = None, *, size: int | None = None,
-             head_channels: int = 64) -> ADMDenoiser:
+             head_channels: int = 64, clip: bool = False) -> ADMDenoiser:
     path = Path(file).expanduser()
     net = build_network(path, read_checkpoint(path), size=size, head_channels=head_channels)
     cfg = net.cfg
@@ -174,7 +179,7 @@ def load_adm(file: str | os.PathLike, device: Any = None, dtype: Any = None, *, 
         family = f"adm-imagenet{size}-uncond"
     else:
         family = f"adm-{size}{'-cond' if n else ''}"
-    return _finish(ADMDenoiser(net, family, str(path)), device, dtype)
+    return _finish(ADMDenoiser(net, family, str(path), clip), device, dtype)
 
 
 def load_adm_classifier(file: str | os.PathLike, device: Any = None, dtype: Any = None, *,
@@ -200,7 +205,7 @@ def load_cm(file: str | os.PathLike, device: Any = None, dtype: Any = None, *, s
     return _finish(CMDenoiser(net, family, str(path)), device, dtype)
 
 
-_OPTION_KEYS = ("classifier", "size", "head_channels", "rate", "guidance_rate", "classes")
+_OPTION_KEYS = ("classifier", "size", "head_channels", "rate", "guidance_rate", "classes", "clip")
 
 
 def parse_spec(rest: str) -> tuple[str, dict[str, str]]:
@@ -243,7 +248,9 @@ def _resolve_adm(rest: str, device: Any = None, dtype: Any = None, **kw: Any) ->
         raise ModelSpecError("adm: spec needs a file, e.g. adm:256x256_diffusion.pt --classifier 256x256_classifier.pt")
     opts.update({k: v for k, v in kw.items() if k in _OPTION_KEYS and v is not None})
     hc = _int(opts.get("head_channels"), "head_channels") or 64
-    den = load_adm(file, device, dtype, size=_int(opts.get("size"), "size"), head_channels=hc)
+    clip = str(opts.get("clip", "0")).lower() in ("1", "true", "yes")
+    den = load_adm(file, device, dtype, size=_int(opts.get("size"), "size"), head_channels=hc,
+                   clip=clip and not opts.get("classifier"))  # with guidance the guided x0 is clamped
     if not opts.get("classifier"):
         return den
     cls = load_adm_classifier(opts["classifier"], device, dtype, head_channels=hc)
@@ -252,7 +259,7 @@ def _resolve_adm(rest: str, device: Any = None, dtype: Any = None, **kw: Any) ->
         rate = float(rate)
     except (TypeError, ValueError):
         raise UsageError(f"guidance rate {rate!r}: expected a number") from None
-    return ClassifierGuided(den, cls, _classes(opts.get("classes")), rate)
+    return ClassifierGuided(den, cls, _classes(opts.get("classes")), rate, clip)
 
 
 def _resolve_cm(rest: str, device: Any = None, dtype: Any = None, **kw: Any) -> Denoiser:

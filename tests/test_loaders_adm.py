@@ -184,6 +184,10 @@ def test_classifier_guidance_formula_sampling_and_distill(tmp_path):
     zero = load_model(f"adm:{model}", classifier=str(cls), guidance_rate=0.0, classes=[3])
     with torch.no_grad():
         torch.testing.assert_close(zero(x, sigma), base)
+    clipped = load_model(f"adm:{model} --classifier {cls}?rate=2.5&classes=3&clip=1")
+    c = clipped(x, sigma)
+    torch.testing.assert_close(c, got.clamp(-1, 1))
+    assert float(got.abs().max()) > 1  # the clamp is exercised
     # sampling and a couple of distillation iterations under guidance
     sig = get_sigmas("time_uniform", 4, den.sigma_min, den.sigma_max)
     z = torch.randn(2, *den.sample_shape) * den.sigma_max
