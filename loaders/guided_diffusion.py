@@ -161,7 +161,7 @@ def build_network(path: Path, sd: dict[str, torch.Tensor], *, size: int | None =
 
 
 def _finish(m: nn.Module, device: Any, dtype: Any) -> Any:
-    return m.to(device=device or "cpu", dtype=_dtype(dtype) or torch.float32)
+    return m.eval().requires_grad_(False).to(device=device or "cpu", dtype=_dtype(dtype) or torch.float32)
 
 
 def load_adm(file: str | os.PathLike, device: Any = None, dtype: Any = None, *, size: int | None = None,
