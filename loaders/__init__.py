@@ -8,7 +8,8 @@ import importlib
 from .base import Denoiser, ModelSpecError, load_model, register_resolver
 
 # modules (relative to the package root) whose import registers resolvers
-_RESOLVER_MODULES = (".builtin.loader", ".testbeds.loader", ".loaders.diffusers_loader", ".loaders.single_file")
+_RESOLVER_MODULES = (".builtin.loader", ".testbeds.loader", ".loaders.diffusers_loader", ".loaders.single_file",
+                     ".loaders.edm_pickle", ".loaders.guided_diffusion")
 _done = False
 
 
