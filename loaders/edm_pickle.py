@@ -22,7 +22,7 @@ Preconditioning (EDM paper, Table 1), D(x; sigma) = c_skip x + c_out F(c_in x; c
 * VE: c_skip = 1, c_out = sigma, c_in = 1, c_noise = ln(sigma / 2).
 
 The sigma range is the network's own clipped to EDM's sampling range [0.002, 80]; the default schedule is
-time-uniform rho 1 (the AdaSDE release's pixel-model setting, ALGORITHMS.md section 2).  Class-conditional networks
+time-uniform rho 1 (the AdaSDE release's pixel-model setting, docs/ALGORITHMS.md section 2).  Class-conditional networks
 take ``class_labels`` ([B] class indices, or [B, label_dim] one-hot rows).
 """
 

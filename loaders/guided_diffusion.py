@@ -11,7 +11,7 @@ Both read plain ``state_dict`` files with the original key names (``time_embed.*
 Spec forms (keywords of ``load_model`` in brackets):
 
 * ``adm:FILE.pt`` - eps-prediction VP model, learned-sigma outputs (2C channels: the first C are eps), linear beta
-  schedule 1e-4 .. 0.02 over 1000 steps.  Sigma form (ALGORITHMS.md section 1.1): x = x_t / sqrt(alpha_bar),
+  schedule 1e-4 .. 0.02 over 1000 steps.  Sigma form (docs/ALGORITHMS.md section 1.1): x = x_t / sqrt(alpha_bar),
   sigma_i = sqrt((1 - alpha_bar_i) / alpha_bar_i) (the 1000-entry ``model_sigmas``), network input
   x / sqrt(1 + sigma^2), timestep = the continuous index of sigma in the table (log-sigma interpolation),
   D = x - sigma eps.  Default schedule: discrete.  Class-conditional models take ``class_labels``.
