@@ -1,4 +1,5 @@
-"""Classifier guidance (``cg``) as a denoiser wrapper (Dhariwal & Nichol 2021, section 4; docs/ALGORITHMS.md section 1.1).
+"""Classifier guidance (``cg``) as a denoiser wrapper (Dhariwal & Nichol 2021, section 4; docs/ALGORITHMS.md
+section 1.1).
 
 For a noise-aware classifier p(y | x; sigma) in sigma form, Tweedie's formula D(x; sigma) = x + sigma^2 grad log p(x)
 turns the guided score grad log p(x) + w grad_x log p(y | x) into
