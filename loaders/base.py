@@ -42,7 +42,7 @@ class Denoiser(nn.Module):
         sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype)
         if sigma.ndim == 0:
             sigma = sigma.expand(x.shape[0])
-        extra = {k: v for k, v in extra.items() if k not in ("seed", "model_options", "denoise_mask")}
+        extra.pop("seed", None)  # the samplers' per-sample noise seed (docs/ARCHITECTURE.md), not a model input
         return self.denoise(x, sigma.reshape(-1), **extra)
 
     def bottleneck(self) -> torch.Tensor | None:
@@ -71,12 +71,16 @@ def register_resolver(prefix: str, fn: Resolver) -> None:
     _RESOLVERS[prefix] = fn
 
 
+def _import_model_packages() -> None:
+    """Import the resolvers that live beside their models (importing registers them)."""
+    from ..builtin import loader as _builtin  # noqa: F401
+    from ..testbeds import loader as _testbeds  # noqa: F401
+
+
 def load_model(spec: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                **kw: Any) -> Denoiser:
     """Resolve a model spec such as ``builtin:fmnist`` or ``diffusers:/path/to/folder``."""
-    from . import _ensure_resolvers
-
-    _ensure_resolvers()
+    _import_model_packages()
     prefix, sep, rest = spec.partition(":")
     if not sep or prefix not in _RESOLVERS:
         known = ", ".join(sorted(f"{p}:..." for p in _RESOLVERS)) or "none"

@@ -27,11 +27,11 @@ from typing import Any
 import torch
 
 from .base import Denoiser, ModelSpecError, register_resolver
-from .diffusers_loader import check_safetensors, load_folder
+from .checkpoint import read_checkpoint
+from .diffusers_folder import load_folder
 
 COMPONENT_PREFIXES = ("unet.", "vae.", "vqvae.", "text_encoder_2.", "text_encoder.")
 LDM_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.embedders.")
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
 def parse_spec(rest: str, config: str | os.PathLike | None = None) -> tuple[Path, Path | None]:
@@ -46,34 +46,6 @@ def parse_spec(rest: str, config: str | os.PathLike | None = None) -> tuple[Path
         raise ModelSpecError(f"single-file:{rest}: two different config folders given ({inline} and {config})")
     cfg = inline if inline is not None else config
     return Path(rest.strip()).expanduser(), None if cfg is None else Path(str(cfg)).expanduser()
-
-
-def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint file (safetensors; pickles only through ``torch.load(weights_only=True)``)."""
-    if not path.is_file():
-        raise ModelSpecError(f"{path}: checkpoint file not found")
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError (truncated zip), ...
-            raise ModelSpecError(
-                f"{path}: cannot be read with torch.load(weights_only=True) ({type(exc).__name__}: {exc}); the file "
-                "is truncated, or holds more than tensors - convert it to .safetensors in a trusted environment"
-            ) from exc
-        if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-            obj = obj["state_dict"]
-        if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
-            raise ModelSpecError(f"{path}: expected a flat dict of tensors (a state_dict)")
-        return dict(obj)
-    if path.suffix.lower() != ".safetensors":
-        raise ModelSpecError(f"{path}: unknown checkpoint format {path.suffix!r}; expected .safetensors")
-    check_safetensors(path)
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except Exception as exc:  # noqa: BLE001
-        raise ModelSpecError(f"{path}: cannot read the tensors ({exc}); the file is truncated or corrupt") from exc
 
 
 def split_components(sd: dict[str, torch.Tensor], source: Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -106,7 +78,7 @@ def split_components(sd: dict[str, torch.Tensor], source: Path) -> dict[str, dic
 def load_single_file(file: str | os.PathLike, config: str | os.PathLike | None,
                      device: torch.device | str | None = None, dtype: torch.dtype | str | None = None,
                      expect: str | None = None, default_cfg: float = 1.0) -> Denoiser:
-    """Checkpoint ``file`` + diffusers config folder ``config`` -> :class:`~.diffusers_loader.DiffusersDenoiser`."""
+    """Checkpoint ``file`` + diffusers config folder ``config`` -> :class:`~.diffusers_denoiser.DiffusersDenoiser`."""
     path = Path(file).expanduser()
     if config is None:
         raise ModelSpecError(

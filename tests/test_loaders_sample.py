@@ -16,8 +16,8 @@ import torch
 from adasde.cli import main
 from adasde.loaders import ModelSpecError, load_model
 from adasde.loaders.prompts import PromptCondition, prompts_for_seeds, read_prompts
+from helpers.diffusers_models import ddpm_dir, sd_dir  # noqa: F401
 from PIL import Image
-from test_loaders_fixtures import ddpm_dir, one_thread, sd_dir  # noqa: F401
 
 
 def _pngs(folder: Path) -> dict[str, np.ndarray]:
