@@ -20,6 +20,13 @@ class Denoiser(nn.Module):
 
     Subclasses set the attributes below and implement :meth:`denoise`.  ``bottleneck()`` returns the U-Net middle
     feature map of the most recent call (for AMED) or None; ``decode`` maps samples to images in [0, 1] (NCHW).
+
+    ``default_schedule`` is ``(kind, rho)`` for ``samplers.get_sigmas``.  Flow models (``flow=True``, ``prediction
+    "flow"``, x = (1 - s) x0 + s eps) set ``flow_shift`` to the time shift of their training sigmas (SD3: 3; Flux:
+    exp(mu) at the model's resolution; 1: unshifted) and carry the shifted grid s = shift u / (1 + (shift - 1) u),
+    u = k / 1000, as ``model_sigmas``; their default schedule ``("discrete", 1.0)`` - uniform in u over that table - is
+    the shift-aware schedule the flow pipelines sample with.  ``flow_shift`` is None for models that are not flow
+    models or whose shift is unknown.
     """
 
     sigma_min: float = 0.002
@@ -28,6 +35,7 @@ class Denoiser(nn.Module):
     family: str = "unknown"
     prediction: str = "edm"
     flow: bool = False
+    flow_shift: float | None = None
     model_sigmas: torch.Tensor | None = None
     default_schedule: tuple[str, float] = ("time_uniform", 1.0)
 

@@ -26,6 +26,7 @@ class TextEncoderBundle(nn.Module):
         self.text_encoder_2 = getattr(pipe, "text_encoder_2", None)
         self._pipe = [pipe]  # list: keep it out of the module tree
         self.sdxl = sdxl
+        self.pooled = sdxl  # the network also takes pooled embeddings
         self.image_size = image_size
         self.force_zeros = bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False)) if sdxl else False
         self._cache: dict[tuple[str, bool], tuple[torch.Tensor, torch.Tensor | None]] = {}
@@ -75,3 +76,36 @@ def _rows(t: torch.Tensor, batch: int, what: str) -> torch.Tensor:
         return t.expand(batch, *t.shape[1:])
     raise ValueError(f"{what} has batch {t.shape[0]}, the samples have batch {batch}")
 
+
+
+class FlowTextEncoder(nn.Module):
+    """Text encoders of an SD3 (CLIP-L, CLIP-G, optional T5) or Flux (CLIP-L, T5) pipeline: prompts -> (embeds,
+    pooled) through the pipeline's own ``encode_prompt``, cached per prompt."""
+
+    pooled = True
+
+    def __init__(self, pipe: Any, kind: str):
+        super().__init__()
+        self.kind = kind  # "sd3" | "flux"
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+            setattr(self, name, getattr(pipe, name, None))
+        self._pipe = [pipe]  # list: keep it out of the module tree
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str], device: torch.device, negative: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, L, D] embeddings and [B, P] pooled embeddings (``negative`` needs no special rule here)."""
+        pipe = self._pipe[0]
+        for p in dict.fromkeys(prompts):
+            if p in self._cache:
+                continue
+            if self.kind == "sd3":
+                out = pipe.encode_prompt(p, None, None, device=device, num_images_per_prompt=1,
+                                         do_classifier_free_guidance=False)
+                self._cache[p] = (out[0], out[2])
+            else:
+                out = pipe.encode_prompt(p, None, device=device, num_images_per_prompt=1)
+                self._cache[p] = (out[0], out[1])
+        embeds = torch.cat([self._cache[p][0].to(device) for p in prompts])
+        return embeds, torch.cat([self._cache[p][1].to(device) for p in prompts])

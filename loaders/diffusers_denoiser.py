@@ -41,10 +41,11 @@ class DiffusersDenoiser(Denoiser):
         self.flow = param.kind == "flow"
         self.sigma_min, self.sigma_max = param.sigma_min, param.sigma_max
         self.model_sigmas = param.model_sigmas()
+        self.flow_shift = param.shift
         latent = vae is not None
         if param.kind == "edm":
             self.default_schedule = ("polynomial", 7.0)
-        elif latent:
+        elif latent or self.flow:
             self.default_schedule = ("discrete", 1.0)
         else:
             self.default_schedule = ("time_uniform", 1.0)
@@ -115,8 +116,8 @@ class DiffusersDenoiser(Denoiser):
                 neg = extra.get("negative_prompt") or ""
                 unc, up = self.text.encode(_as_list(neg, batch, "negative prompts"), device, negative=True)
             out["uncond"], out["uncond_pooled"] = unc.to(dt), None if up is None else up.to(dt)
-        if self.text.sdxl and out["pooled"] is None:
-            raise ValueError(f"{self.name}: SDXL needs pooled_prompt_embeds together with prompt_embeds")
+        if self.text.pooled and out["pooled"] is None:
+            raise ValueError(f"{self.name}: {self.family} needs pooled_prompt_embeds together with prompt_embeds")
         return out
 
     def _unet(self, x_in: torch.Tensor, t: torch.Tensor, cond: dict[str, Any], use_cfg: bool) -> torch.Tensor:
@@ -161,19 +162,25 @@ class DiffusersDenoiser(Denoiser):
         """Samples -> images in [0, 1] (NCHW float32); latents go through the VAE (scaling/shift factor undone)."""
         if self.vae is None:
             return super().decode(x).float()
-        cfg = self.vae.config
-        sf = float(getattr(cfg, "scaling_factor", 1.0) or 1.0)
-        shift = float(getattr(cfg, "shift_factor", 0.0) or 0.0)
-        vdt = next(self.vae.parameters()).dtype
-        imgs = []
-        for part in x.split(chunk):
-            z = (part / sf + shift).to(vdt)
-            img = self.vae.decode(z, return_dict=False)[0]
-            imgs.append(((img.float() + 1) / 2).clamp(0, 1))
-        return torch.cat(imgs)
+        return decode_latents(self.vae, x, chunk)
 
     def identity(self) -> dict[str, Any]:
         d = super().identity()
         d["name"] = self.name
         return d
 
+
+
+@torch.no_grad()
+def decode_latents(vae: nn.Module, x: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+    """Latents -> images in [0, 1] (NCHW float32) through a diffusers VAE: z / scaling_factor + shift_factor."""
+    cfg = vae.config
+    sf = float(getattr(cfg, "scaling_factor", 1.0) or 1.0)
+    shift = float(getattr(cfg, "shift_factor", 0.0) or 0.0)
+    vdt = next(vae.parameters()).dtype
+    imgs = []
+    for part in x.split(chunk):
+        z = (part / sf + shift).to(vdt)
+        img = vae.decode(z, return_dict=False)[0]
+        imgs.append(((img.float() + 1) / 2).clamp(0, 1))
+    return torch.cat(imgs)

@@ -6,7 +6,10 @@ Supported local folders (nothing is ever downloaded; weights must be ``.safetens
 * ``UNet2DModel`` pixel models: a ``DDPMPipeline``/``DDIMPipeline`` folder (``unet/`` + ``scheduler/``) or a bare UNet
   folder (``config.json`` + weights) with ``scheduler_config.json`` beside it or in ``../scheduler/``;
 * latent pipelines (``LDMPipeline``: ``unet/`` + ``vqvae/`` or ``vae/``);
-* ``StableDiffusionPipeline`` (SD 1.x/2.x) and ``StableDiffusionXLPipeline`` with their ``transformers`` text encoders.
+* ``StableDiffusionPipeline`` (SD 1.x/2.x) and ``StableDiffusionXLPipeline`` with their ``transformers`` text encoders;
+* the flow-model transformer pipelines ``StableDiffusion3Pipeline`` (SD3, shift 3; the T5 encoder may be absent) and
+  ``FluxPipeline`` (Flux, resolution-dependent shift) -> :class:`~.flow_denoiser.FlowTransformerDenoiser`.  Their
+  latent size follows ``image_size`` (pixels; default: the transformer's ``sample_size``, 1024 for Flux).
 
 The noise parameterisation comes from the scheduler config (:mod:`.parameterisation`).
 """
@@ -28,9 +31,14 @@ from torch import nn
 
 from .base import ModelSpecError, register_resolver
 from .checkpoint import component_weights, load_checked, read_json
-from .conditioning import TextEncoderBundle
+from .conditioning import FlowTextEncoder, TextEncoderBundle
 from .diffusers_denoiser import DiffusersDenoiser
+from .flow_denoiser import FlowTransformerDenoiser
 from .parameterisation import Parameterization
+
+# pipeline class -> (transformer class, family) of the flow-model pipelines
+FLOW_PIPELINES = {"StableDiffusion3Pipeline": ("SD3Transformer2DModel", "sd3"),
+                  "FluxPipeline": ("FluxTransformer2DModel", "flux")}
 
 
 def _resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
@@ -154,16 +162,18 @@ def quiet_hub_logs() -> Iterator[None]:
 
 def load_folder(path: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None,
                 expect: str | None = None, overrides: dict[str, dict[str, torch.Tensor]] | None = None,
-                source: str | None = None, default_cfg: float = 1.0) -> DiffusersDenoiser:
+                source: str | None = None, default_cfg: float = 1.0, image_size: int | None = None
+                ) -> DiffusersDenoiser:
     """Load a local diffusers folder (module docstring) as a :class:`DiffusersDenoiser`.
 
     ``expect``: ``"pixel" | "latent" | "text" | "sd" | "sdxl"`` - raise :class:`ModelSpecError` when the folder is of
     another family.  ``overrides``: component name -> state dict taking the place of the folder's weights
-    (single-file checkpoints; ``source`` names that file in errors).
+    (single-file checkpoints; ``source`` names that file in errors).  ``image_size``: image side in pixels of the
+    SD3/Flux pipelines (sets their latent size and, for Flux, the shift).
     """
     _diffusers()
     with quiet_hub_logs():
-        return _load_folder(path, device, dtype, expect, overrides, source, default_cfg)
+        return _load_folder(path, device, dtype, expect, overrides, source, default_cfg, image_size)
 
 
 @dataclass
@@ -200,7 +210,8 @@ def _layout(root: Path, index: dict[str, Any] | None) -> _Layout:
         kinds = ", ".join(sorted(components)) or "none"
         raise ModelSpecError(
             f"{root}: {index_class or 'this pipeline'} has no 'unet' component (has: {kinds}); adasde wraps "
-            "UNet-based diffusers pipelines (DDPM/LDM/Stable Diffusion/SDXL)"
+            "UNet-based diffusers pipelines (DDPM/LDM/Stable Diffusion/SDXL) and the transformer pipelines "
+            f"{', '.join(FLOW_PIPELINES)}"
         )
     folders = {k: root / k for k in components}
     ucfg = read_json(folders["unet"] / "config.json", "UNet config (unet/config.json)")
@@ -232,7 +243,8 @@ def _check_unet(lay: _Layout) -> bool:
 
 def _check_expect(expect: str | None, src: str, kind: str, family: str, latent: bool, text: bool) -> None:
     """``expect``: the family the caller needs (:func:`load_folder`); a mismatch raises naming ``src``."""
-    want = {"pixel": not latent, "latent": latent, "text": text, "sd": text and family != "sdxl",
+    want = {"pixel": not latent, "latent": latent, "text": text,
+            "sd": text and family not in ("sdxl", "sd3", "flux"),
             "sdxl": family == "sdxl"}
     if expect is None:
         return
@@ -273,11 +285,17 @@ def _load_modules(lay: _Layout, names: tuple[str | None, ...], dt: torch.dtype,
 
 def _load_folder(path: str | Path, device: torch.device | str | None, dtype: torch.dtype | str | None,
                  expect: str | None, overrides: dict[str, dict[str, torch.Tensor]] | None, source: str | None,
-                 default_cfg: float) -> DiffusersDenoiser:
+                 default_cfg: float, image_size: int | None = None) -> DiffusersDenoiser:
     root, index = _locate(Path(path).expanduser())
     dev = torch.device(device) if device is not None else torch.device("cpu")
     dt = _resolve_dtype(dtype, dev)
     src = source or str(root)
+    if index is not None and "transformer" in index:
+        return _load_flow_pipeline(root, index, dt, expect, dict(overrides or {}), src, source, default_cfg,
+                                   image_size).to(dev)
+    if image_size is not None:
+        raise ModelSpecError(f"{src}: image_size is for the SD3/Flux transformer pipelines; a UNet model's size is "
+                             "fixed by its config (sample_size)")
     lay = _layout(root, index)
     scfg = read_json(lay.sched, "scheduler config")
     param = Parameterization.from_scheduler_config(scfg, str(lay.sched))
@@ -301,6 +319,50 @@ def _load_folder(path: str | Path, device: torch.device | str | None, dtype: tor
     den = DiffusersDenoiser(mods["unet"], param, family=family, name=Path(src).name or src, vae=vae,
                             vae_kind=vae_name, text=bundle, default_cfg=default_cfg)
     return den.to(dev)
+
+
+def _load_flow_pipeline(root: Path, index: dict[str, Any], dt: torch.dtype, expect: str | None,
+                        overrides: dict[str, dict[str, torch.Tensor]], src: str, source: str | None,
+                        default_cfg: float, image_size: int | None) -> FlowTransformerDenoiser:
+    """An SD3 / Flux pipeline folder (module docstring) as a flow-model denoiser."""
+    index_class = str(index.get("_class_name", ""))
+    components = {k: v for k, v in index.items() if not k.startswith("_") and isinstance(v, list)
+                  and v[0] is not None}
+    if index_class not in FLOW_PIPELINES:
+        raise ModelSpecError(f"{root}: transformer pipeline {index_class!r} is not supported; supported: "
+                             f"{', '.join(FLOW_PIPELINES)}")
+    net_cls, family = FLOW_PIPELINES[index_class]
+    missing = [k for k in ("transformer", "vae", "text_encoder", "tokenizer") if k not in components]
+    if missing:
+        raise ModelSpecError(f"{root / 'model_index.json'}: {index_class} lacks {', '.join(missing)}")
+    if components["transformer"][1] != net_cls:
+        raise ModelSpecError(f"{root}: a {index_class} with a {components['transformer'][1]}; expected {net_cls}")
+    folders = {k: root / k for k in components}
+    tcfg = read_json(folders["transformer"] / "config.json", "transformer config (transformer/config.json)")
+    vcfg = read_json(folders["vae"] / "config.json", "VAE config (vae/config.json)")
+    sched = root / "scheduler" / "scheduler_config.json"
+    scfg = read_json(sched, "scheduler config")
+    vsf = 2 ** (len(vcfg.get("block_out_channels", [0] * 4)) - 1)
+    if image_size is None:
+        image_size = int(tcfg.get("sample_size", 128)) * vsf if family == "sd3" else 1024
+    side = int(image_size) // (vsf * 2) * 2  # latent side, a multiple of the 2 x 2 patch
+    if side < 2:
+        raise ModelSpecError(f"{src}: image_size {image_size} is below one 2 x 2 latent patch ({2 * vsf} pixels)")
+    param = Parameterization.from_scheduler_config(scfg, str(sched), image_seq_len=(side // 2) ** 2,
+                                                   timestep_scale=1.0 if family == "flux" else None)
+    if param.kind != "flow":
+        raise ModelSpecError(f"{sched}: {index_class} needs a FlowMatch scheduler config, got "
+                             f"{scfg.get('_class_name')}")
+    _check_expect(expect, src, index_class, family, True, True)
+    lay = _Layout(root, index_class, components, folders, tcfg, sched)
+    mods = _load_modules(lay, ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"), dt,
+                         overrides, src, source)
+    vae = mods["vae"]
+    if dt == torch.float16 and getattr(vae.config, "force_upcast", False):
+        vae = vae.float()
+    text = FlowTextEncoder(_text_pipeline(root, index_class, components, mods, scfg), family)
+    return FlowTransformerDenoiser(mods["transformer"], param, family=family, name=Path(src).name or src, vae=vae,
+                                   text=text, latent_size=(side, side), default_cfg=default_cfg)
 
 
 def _text_pipeline(root: Path, index_class: str, components: dict[str, list], mods: dict[str, nn.Module],

@@ -4,8 +4,10 @@
   x = x_t / alpha = x0 + sigma eps, sigma = s / alpha.  Network input x / sqrt(1 + sigma^2); network timestep from
   sigma by interpolating the model's log-sigma table (section 1.1); eps: D = x - sigma eps;
   v: D = x / (1 + sigma^2) - sigma / sqrt(1 + sigma^2) v; sample: D = output.
-* flow (``FlowMatch*`` schedulers, ``flow_prediction``): x = (1 - s) x0 + s eps, network input x, timestep s * T,
-  velocity v = eps - x0, D = x - s v.
+* flow (``FlowMatch*`` schedulers, ``flow_prediction``): x = (1 - s) x0 + s eps, network input x, timestep s * T
+  (s for Flux, whose transformer scales by T itself), velocity v = eps - x0, D = x - s v.  The training sigmas are
+  the shifted grid s = shift u / (1 + (shift - 1) u), u = 1/T .. 1 (SD3: shift 3; Flux: shift = exp(mu) with mu
+  linear in the image's token count, :func:`flow_shift`).
 * EDM (``EDM*`` schedulers): D = c_skip x + c_out F(c_in x; c_noise), c_noise = ln(sigma) / 4.
 """
 
@@ -74,6 +76,25 @@ class VPTable:
         return ((1 - w) * table[lo] + w * table[lo + 1]).exp()
 
 
+def flow_shift(cfg: dict[str, Any], image_seq_len: int | None = None) -> float:
+    """The time shift of a ``FlowMatch*`` scheduler config; resolution-dependent (Flux, ``use_dynamic_shifting``):
+    mu = base_shift + (max_shift - base_shift) (n - base_seq_len) / (max_seq_len - base_seq_len) for ``n`` image
+    tokens, shift = exp(mu) (``time_shift_type`` exponential, the default) or mu (linear)."""
+    if not cfg.get("use_dynamic_shifting"):
+        return float(cfg.get("shift", 1.0))
+    n = int(cfg.get("base_image_seq_len", 256)) if image_seq_len is None else int(image_seq_len)
+    b0, b1 = float(cfg.get("base_shift", 0.5)), float(cfg.get("max_shift", 1.15))
+    n0, n1 = int(cfg.get("base_image_seq_len", 256)), int(cfg.get("max_image_seq_len", 4096))
+    mu = b0 + (b1 - b0) * (n - n0) / (n1 - n0)
+    return math.exp(mu) if cfg.get("time_shift_type", "exponential") == "exponential" else mu
+
+
+def shifted_flow_sigmas(shift: float, T: int = 1000) -> torch.Tensor:
+    """The T training sigmas of a shifted flow model, increasing: s = shift u / (1 + (shift - 1) u), u = k / T."""
+    u = torch.arange(1, T + 1, dtype=torch.float64) / T
+    return shift * u / (1 + (shift - 1) * u)
+
+
 @dataclass
 class Parameterization:
     """How a diffusers network output maps to D(x; sigma) (module docstring; ALGORITHMS.md section 1.1)."""
@@ -86,17 +107,23 @@ class Parameterization:
     sigma_max: float = 80.0
     sigma_data: float = 0.5
     cm_noise: bool = False
+    shift: float | None = None  # flow models: the time shift of the training sigmas
+    timestep_scale: float | None = None  # flow models: network timestep = s * timestep_scale
 
     @classmethod
-    def from_scheduler_config(cls, cfg: dict[str, Any], source: str = "scheduler config") -> Parameterization:
+    def from_scheduler_config(cls, cfg: dict[str, Any], source: str = "scheduler config",
+                              image_seq_len: int | None = None, timestep_scale: float | None = None
+                              ) -> Parameterization:
+        """``image_seq_len``: image tokens, for resolution-dependent flow shifts; ``timestep_scale``: flow network
+        timestep per unit sigma (default T)."""
         name = str(cfg.get("_class_name", ""))
         pred = str(cfg.get("prediction_type", "epsilon"))
         T = int(cfg.get("num_train_timesteps", 1000))
         if "FlowMatch" in name or pred == "flow_prediction":
-            shift = float(cfg.get("shift", 1.0))
-            s = torch.linspace(1.0, 1.0 / T, T, dtype=torch.float64)
-            s = shift * s / (1 + (shift - 1) * s)
-            return cls("flow", "flow_prediction", T, None, float(s.min()), float(s.max()))
+            shift = flow_shift(cfg, image_seq_len)
+            s = shifted_flow_sigmas(shift, T)
+            return cls("flow", "flow_prediction", T, None, float(s.min()), float(s.max()), shift=shift,
+                       timestep_scale=float(T) if timestep_scale is None else float(timestep_scale))
         if name.startswith("EDM"):
             if pred not in ("epsilon", "v_prediction"):
                 raise ModelSpecError(f"{source}: EDM prediction_type {pred!r} is not supported (epsilon, v_prediction)")
@@ -132,7 +159,7 @@ class Parameterization:
         if self.kind == "vp":
             return self.table.sigma_to_t(sigma)
         if self.kind == "flow":
-            return sigma.to(torch.float64) * self.num_train_timesteps
+            return sigma.to(torch.float64) * self.timestep_scale
         c = 0.25 * sigma.to(torch.float64).log()
         return c * 1000 if self.cm_noise else c
 
@@ -153,5 +180,8 @@ class Parameterization:
         return out
 
     def model_sigmas(self) -> torch.Tensor | None:
+        """The training sigma table, increasing (VP: the alphas_cumprod table; flow: the shifted grid)."""
+        if self.kind == "flow":
+            return shifted_flow_sigmas(self.shift, self.num_train_timesteps).to(torch.float32)
         return None if self.table is None else self.table.sigmas.to(torch.float32)
 
