@@ -85,6 +85,24 @@ def _import_model_packages() -> None:
     from ..testbeds import loader as _testbeds  # noqa: F401
 
 
+def spec_options(rest: str, allowed: dict[str, Callable[[str], Any]]) -> tuple[str, dict[str, Any]]:
+    """Split ``PATH?key=value&key=value`` into ``PATH`` and the options, converted by ``allowed[key]``; a query
+    whose keys are not all in ``allowed`` is left in ``PATH`` (a ``?`` in a file name)."""
+    path, sep, query = rest.rpartition("?")
+    if not sep or not query:
+        return rest, {}
+    pairs = [p.partition("=") for p in query.split("&")]
+    if not all(eq and k in allowed for k, eq, _ in pairs):
+        return rest, {}
+    out: dict[str, Any] = {}
+    for k, _, v in pairs:
+        try:
+            out[k] = allowed[k](v)
+        except ValueError as exc:
+            raise ModelSpecError(f"{rest}: option {k}={v!r} is not a valid {allowed[k].__name__}") from exc
+    return path, out
+
+
 def load_model(spec: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                **kw: Any) -> Denoiser:
     """Resolve a model spec such as ``builtin:fmnist`` or ``diffusers:/path/to/folder``."""

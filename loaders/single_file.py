@@ -1,7 +1,8 @@
 """``single-file:FILE [--config DIR]``: one checkpoint file, fully offline.
 
 Spec forms: ``single-file:FILE --config DIR``, ``single-file:FILE?config=DIR`` or ``load_model("single-file:FILE",
-config=DIR)`` (the CLI's ``--config``).
+config=DIR)`` (the CLI's ``--config``); options of original Stable Diffusion files also as a query, e.g.
+``single-file:v2-1_512.safetensors?prediction=epsilon&image_size=512``.
 
 Supported key layouts of ``FILE``:
 
@@ -33,9 +34,10 @@ from typing import Any
 
 import torch
 
-from .base import Denoiser, ModelSpecError, register_resolver
+from .base import Denoiser, ModelSpecError, register_resolver, spec_options
 from .checkpoint import read_checkpoint
-from .diffusers_folder import _check_expect, _diffusers, _resolve_dtype, load_folder, quiet_hub_logs
+from .components import check_expect, quiet_hub_logs, require_diffusers, resolve_dtype
+from .diffusers_folder import load_folder
 from .ldm_checkpoint import is_ldm_layout, load_ldm_checkpoint
 
 COMPONENT_PREFIXES = ("unet.", "vae.", "vqvae.", "text_encoder_2.", "text_encoder.")
@@ -48,8 +50,8 @@ def parse_spec(rest: str, config: str | os.PathLike | None = None) -> tuple[Path
     if m:
         rest, inline = m.group(1), m.group(2)
     else:
-        m = re.fullmatch(r"(.+?)\?config=(.+)", rest)
-        rest, inline = (m.group(1), m.group(2)) if m else (rest, None)
+        rest, opts = spec_options(rest, {"config": str})
+        inline = opts.get("config")
     if inline is not None and config is not None and Path(inline) != Path(config):
         raise ModelSpecError(f"single-file:{rest}: two different config folders given ({inline} and {config})")
     cfg = inline if inline is not None else config
@@ -93,12 +95,12 @@ def load_single_file(file: str | os.PathLike, config: str | os.PathLike | None,
         raise ModelSpecError(f"{cfg_dir}: --config folder not found (single-file:{path})")
     sd = read_checkpoint(path)
     if is_ldm_layout(sd):
-        _diffusers()
+        require_diffusers()
         dev = torch.device(device) if device is not None else torch.device("cpu")
         with quiet_hub_logs():
-            den = load_ldm_checkpoint(sd, str(path), _resolve_dtype(dtype, dev), tokenizer_dir=cfg_dir,
+            den = load_ldm_checkpoint(sd, str(path), resolve_dtype(dtype, dev), tokenizer_dir=cfg_dir,
                                       prediction=prediction, default_cfg=default_cfg, image_size=image_size)
-        _check_expect(expect, str(path), "Stable Diffusion checkpoint", den.family, True, True)
+        check_expect(expect, str(path), "Stable Diffusion checkpoint", den.family, True, True)
         return den.to(dev)
     if cfg_dir is None:
         raise ModelSpecError(
@@ -117,8 +119,11 @@ def _resolve(rest: str, device: torch.device | str | None = None, dtype: torch.d
              config: str | os.PathLike | None = None, **kw: Any) -> Denoiser:
     if not rest:
         raise ModelSpecError("single-file: spec needs a file, e.g. single-file:unet.safetensors --config DIR")
+    rest, opts = spec_options(rest, {"config": str, "image_size": int, "prediction": str})
+    if "config" in opts:
+        rest = f"{rest}?config={opts.pop('config')}"
     file, cfg = parse_spec(rest, config)
-    return load_single_file(file, cfg, device=device, dtype=dtype, **kw)
+    return load_single_file(file, cfg, device=device, dtype=dtype, **{**opts, **kw})
 
 
 register_resolver("single-file", _resolve)

@@ -81,7 +81,7 @@ def test_flux_denoiser_packed_latents_guidance_and_dynamic_shift(flux_dir: Path)
     assert den.sample_shape == (4, 8, 8)
     mu = calculate_shift(16, 256, 4096, 0.5, 1.15)  # 4 x 4 packed tokens
     assert den.flow_shift == pytest.approx(math.exp(mu))
-    big = load_model(f"diffusers:{flux_dir}", image_size=128)  # resolution-dependent shift
+    big = load_model(f"diffusers:{flux_dir}?image_size=128")  # resolution-dependent shift
     assert big.sample_shape == (4, 64, 64) and big.flow_shift == pytest.approx(math.exp(calculate_shift(1024)))
     sched = diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(str(flux_dir / "scheduler"))
     _check_shift_aware(den, sched, 6, mu=mu)

@@ -114,9 +114,10 @@ def test_sd2_and_sdxl_files_match_their_diffusers_pipelines(tmp_path: Path, fami
             sv = s[:, None, None, None]
             want = x / (1 + sv**2) - sv / (1 + sv**2).sqrt() * v
             torch.testing.assert_close(den(x, s, prompts=["a cat", "dog"]), want, atol=2e-5, rtol=1e-4)
-        eps = load_model(f"single-file:{tmp_path / 'm.safetensors'} --config {pipe_dir}", image_size=16,
-                         prediction="epsilon")
-        assert eps.prediction == "eps"
+        eps = load_model(f"single-file:{tmp_path / 'm.safetensors'}?config={pipe_dir}&image_size=16&prediction=eps")
+        assert eps.prediction == "eps" and eps.sample_shape == (4, 8, 8)
+        with pytest.raises(ModelSpecError, match="option image_size='x' is not a valid int"):
+            load_model(f"single-file:{tmp_path / 'm.safetensors'}?config={pipe_dir}&image_size=x")
     default = load_model(f"single-file:{tmp_path / 'm.safetensors'} --config {pipe_dir}")
     side = {"sd2": 768, "sdxl": 1024}[family] // 2  # the tiny VAE downsamples by 2
     assert default.sample_shape == (4, side, side)
