@@ -115,6 +115,8 @@ def unet_config(sd: dict[str, torch.Tensor], family: str, source: str, latent_si
         "attention_head_dim": heads, "use_linear_projection": sd[proj].ndim == 2,
         "transformer_layers_per_block": depth if family == "sdxl" else 1,
     }
+    if family == "sd2":
+        cfg["upcast_attention"] = True  # fp32 attention scores, as the SD 2.x releases configure
     if family == "sdxl":
         adm = int(_shape(sd, p + "label_emb.0.0.weight", source)[1])
         pooled = int(_shape(sd, "conditioner.embedders.1.model.text_projection", source)[1])

@@ -114,6 +114,11 @@ def test_flow_pipelines_sample_and_distil(sd3_dir: Path, flux_dir: Path, which: 
     co = distill(den, num_steps=3, afs=True, M=1, batch=2, trajectories=2, condition_fn=cond, seed=0)
     assert co.steps == 2 and torch.isfinite(co.r).all() and co.model.family == which
     assert co.model.prediction == "flow"
+    if which == "sd3":  # AMED reads the transformer's middle-block tokens as its bottleneck map
+        from adasde.distill.amed import distill_amed
+
+        amed = distill_amed(den, nfe=5, batch=2, trajectories=2, seed=0, condition_fn=cond)
+        assert amed.kind == "amed" and amed.model.family == "sd3"
 
 
 class _Payload:
