@@ -62,33 +62,37 @@ def component_weights(folder: Path) -> list[Path]:
 
 
 
-def load_checked(model: nn.Module, sd: dict[str, torch.Tensor], source: str, what: str) -> None:
-    """``load_state_dict`` with an error that lists missing/unexpected keys and wrong shapes."""
+def load_checked(model: nn.Module, sd: dict[str, torch.Tensor], source: str, what: str, fix: str | None = None,
+                 finite: bool = False) -> None:
+    """``model.load_state_dict(sd)`` after checking it: missing/unexpected tensors and wrong shapes are listed in one
+    :class:`ModelSpecError` ``"{source}: the weights do not fit the {what} (...); {fix}"``; ``finite`` also refuses
+    NaN/inf values.  The one state-dict checker of every loader."""
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     # transformers' CLIP keeps a non-persistent-like position_ids buffer in some versions
     missing = [k for k in missing if not k.endswith("position_ids")]
     unexpected = [k for k in unexpected if not k.endswith("position_ids")]
-    shapes = [f"{k}: file {tuple(sd[k].shape)} vs config {tuple(own[k].shape)}" for k in own
+    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in own
               if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    fix = fix or "the checkpoint is of another model family or the --config folder is wrong"
     if missing or unexpected or shapes:
         def few(v: list[str]) -> str:
             return ", ".join(v[:4]) + (f" ... ({len(v)} in all)" if len(v) > 4 else "")
 
         parts = []
         if missing:
-            parts.append(f"missing keys {few(missing)}")
+            parts.append(f"missing tensors {few(missing)}")
         if unexpected:
-            parts.append(f"unexpected keys {few(unexpected)}")
+            parts.append(f"unexpected tensors {few(unexpected)}")
         if shapes:
-            parts.append(f"shape mismatches {few(shapes)}")
-        raise ModelSpecError(
-            f"{source}: the weights do not fit the {what} ({'; '.join(parts)}); the checkpoint is of another "
-            "model family or the --config folder is wrong"
-        )
+            parts.append(f"wrong shapes {few(shapes)}")
+        raise ModelSpecError(f"{source}: the weights do not fit the {what} ({'; '.join(parts)}); {fix}")
+    if finite:
+        bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise ModelSpecError(f"{source}: non-finite values in {', '.join(bad[:5])}; {fix}")
     model.load_state_dict(sd, strict=False)
-
 
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:

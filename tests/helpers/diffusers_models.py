@@ -113,11 +113,15 @@ def make_sdxl_folder(root: Path, seed: int = 0) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def ddpm_dir(tmp_path_factory) -> Path:
-    return make_ddpm_folder(tmp_path_factory.mktemp("ddpm") / "pipe")
+def folder_fixture(make, name: str):
+    """A session fixture ``NAME_dir``: the folder ``make(path)`` writes, built once per test session."""
+
+    @pytest.fixture(scope="session", name=f"{name}_dir")
+    def _folder(tmp_path_factory) -> Path:
+        return make(tmp_path_factory.mktemp(name) / "pipe")
+
+    return _folder
 
 
-@pytest.fixture(scope="session")
-def sd_dir(tmp_path_factory) -> Path:
-    return make_sd_folder(tmp_path_factory.mktemp("sd") / "pipe")
+ddpm_dir = folder_fixture(make_ddpm_folder, "ddpm")
+sd_dir = folder_fixture(make_sd_folder, "sd")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .diffusers_models import _tokenizer
+from .diffusers_models import _tokenizer, folder_fixture
 
 WORDS = "▁a ▁cat ▁dog ▁photo ▁of ▁the a c t d o g".split()
 
@@ -72,3 +72,7 @@ def make_flux_folder(root: Path, seed: int = 0, guidance: bool = True) -> Path:
                         text_encoder_2=t5, tokenizer_2=t5tok, transformer=transformer)
     pipe.save_pretrained(root)
     return root
+
+
+sd3_dir = folder_fixture(make_sd3_folder, "sd3")
+flux_dir = folder_fixture(make_flux_folder, "flux")
