@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .loader import WEIGHTS_DIR, load_state_checked, read_weights
+from ..loaders.checkpoint import load_checked
+from .loader import WEIGHTS_DIR, read_weights
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CLASSIFIER = WEIGHTS_DIR / "fmnist_classifier.safetensors"
@@ -94,7 +95,7 @@ def load_classifier(device: torch.device | str | None = None,
     path = Path(path) if path is not None else DEFAULT_CLASSIFIER
     tensors, meta = read_weights(path, CLASSIFIER_FORMAT, _FIX)
     model = FMNISTClassifier()
-    load_state_checked(model, tensors, path, _FIX)
+    load_checked(model, tensors, f"weights file {path}", "classifier architecture", _FIX, True)
     model.meta = meta  # type: ignore[attr-defined]
     model.eval().requires_grad_(False)
     return model.to(device or "cpu")

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..loaders.base import ModelSpecError, register_resolver
+from ..loaders.checkpoint import load_checked
 from .unet import FMNISTDenoiser, UNetConfig
 
 HERE = Path(__file__).resolve().parent
@@ -53,29 +54,6 @@ def read_weights(path: str | os.PathLike, expected_format: str, fix: str) -> tup
     return tensors, meta
 
 
-def load_state_checked(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: str | os.PathLike,
-                       fix: str) -> None:
-    """``module.load_state_dict`` with a clear error for missing/unexpected keys or wrong shapes."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(tensors))
-    unexpected = sorted(set(tensors) - set(own))
-    wrong = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(v.shape)}"
-             for k, v in own.items() if k in tensors and tuple(tensors[k].shape) != tuple(v.shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-        if unexpected:
-            parts.append(f"unexpected tensors {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-        if wrong:
-            parts.append(f"wrong shapes {wrong[:3]}{' ...' if len(wrong) > 3 else ''}")
-        raise ModelSpecError(f"weights file {path} does not match the architecture: {'; '.join(parts)}; {fix}")
-    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise ModelSpecError(f"weights file {path} contains non-finite values in {bad[:5]}; {fix}")
-    module.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()})
-
-
 _UNET_FIX = ("reinstall adasde (pip install --force-reinstall adasde) or retrain the weights with "
              "'adasde train-builtin --minutes 75'")
 
@@ -93,7 +71,7 @@ def load_fmnist(device: torch.device | str | None = None, dtype: torch.dtype | N
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelSpecError(f"weights file {path}: bad architecture metadata ({exc}); {_UNET_FIX}") from exc
     model = FMNISTDenoiser(cfg, meta=meta)
-    load_state_checked(model.unet, tensors, path, _UNET_FIX)
+    load_checked(model.unet, tensors, f"weights file {path}", "architecture in its metadata", _UNET_FIX, True)
     model.eval().requires_grad_(False)
     return model.to(device=device or "cpu", dtype=dtype or torch.float32)
 

@@ -25,7 +25,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutpu
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..coefficients.record import Coefficients, ModelIdentity
-from ..loaders.diffusers_loader import Parameterization
+from ..loaders.parameterisation import Parameterization
 from ..samplers.adasde import resolve_tables
 from ..samplers.common import SeededNoise, afs_direction, churn, sample_seeds
 from ..samplers.schedules import get_sigmas

@@ -1,31 +1,14 @@
-"""Model specs -> ``Denoiser`` (docs/ARCHITECTURE.md).  Resolvers register lazily so that importing this package
-stays light; each subsystem adds its prefix in ``_ensure_resolvers``."""
+"""Model specs -> ``Denoiser`` (docs/ARCHITECTURE.md, "The model contract").
+
+Each resolver module registers its spec prefix when imported: ``diffusers:``, ``single-file:``, ``edm:``, ``adm:``
+and ``cm:`` below, ``builtin:`` and ``testbed:`` on the first :func:`load_model` (their models subclass
+:class:`Denoiser`, so they import this package).  Optional heavy libraries (diffusers, transformers) are imported
+inside the loading functions.
+"""
 
 from __future__ import annotations
 
-import importlib
-
+from . import diffusers_folder, edm_pickle, guided_diffusion, single_file  # noqa: F401  (register their prefixes)
 from .base import Denoiser, ModelSpecError, load_model, register_resolver
-
-# modules (relative to the package root) whose import registers resolvers
-_RESOLVER_MODULES = (".builtin.loader", ".testbeds.loader", ".loaders.diffusers_loader", ".loaders.single_file",
-                     ".loaders.edm_pickle", ".loaders.guided_diffusion")
-_done = False
-
-
-def _ensure_resolvers() -> None:
-    global _done
-    if _done:
-        return
-    root = __package__.rsplit(".", 1)[0]
-    for name in _RESOLVER_MODULES:
-        try:
-            importlib.import_module(name, root)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith(root + "."):
-                continue  # subsystem not present in this checkout
-            raise
-    _done = True
-
 
 __all__ = ["Denoiser", "ModelSpecError", "load_model", "register_resolver"]

@@ -20,6 +20,13 @@ class Denoiser(nn.Module):
 
     Subclasses set the attributes below and implement :meth:`denoise`.  ``bottleneck()`` returns the U-Net middle
     feature map of the most recent call (for AMED) or None; ``decode`` maps samples to images in [0, 1] (NCHW).
+
+    ``default_schedule`` is ``(kind, rho)`` for ``samplers.get_sigmas``.  Flow models (``flow=True``, ``prediction
+    "flow"``, x = (1 - s) x0 + s eps) set ``flow_shift`` to the time shift of their training sigmas (SD3: 3; Flux:
+    exp(mu) at the model's resolution; 1: unshifted) and carry the shifted grid s = shift u / (1 + (shift - 1) u),
+    u = k / 1000, as ``model_sigmas``; their default schedule ``("discrete", 1.0)`` - uniform in u over that table - is
+    the shift-aware schedule the flow pipelines sample with.  ``flow_shift`` is None for models that are not flow
+    models or whose shift is unknown.
     """
 
     sigma_min: float = 0.002
@@ -28,6 +35,7 @@ class Denoiser(nn.Module):
     family: str = "unknown"
     prediction: str = "edm"
     flow: bool = False
+    flow_shift: float | None = None
     model_sigmas: torch.Tensor | None = None
     default_schedule: tuple[str, float] = ("time_uniform", 1.0)
 
@@ -42,7 +50,7 @@ class Denoiser(nn.Module):
         sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype)
         if sigma.ndim == 0:
             sigma = sigma.expand(x.shape[0])
-        extra = {k: v for k, v in extra.items() if k not in ("seed", "model_options", "denoise_mask")}
+        extra.pop("seed", None)  # the samplers' per-sample noise seed (docs/ARCHITECTURE.md), not a model input
         return self.denoise(x, sigma.reshape(-1), **extra)
 
     def bottleneck(self) -> torch.Tensor | None:
@@ -71,12 +79,34 @@ def register_resolver(prefix: str, fn: Resolver) -> None:
     _RESOLVERS[prefix] = fn
 
 
+def _import_model_packages() -> None:
+    """Import the resolvers that live beside their models (importing registers them)."""
+    from ..builtin import loader as _builtin  # noqa: F401
+    from ..testbeds import loader as _testbeds  # noqa: F401
+
+
+def spec_options(rest: str, allowed: dict[str, Callable[[str], Any]]) -> tuple[str, dict[str, Any]]:
+    """Split ``PATH?key=value&key=value`` into ``PATH`` and the options, converted by ``allowed[key]``; a query
+    whose keys are not all in ``allowed`` is left in ``PATH`` (a ``?`` in a file name)."""
+    path, sep, query = rest.rpartition("?")
+    if not sep or not query:
+        return rest, {}
+    pairs = [p.partition("=") for p in query.split("&")]
+    if not all(eq and k in allowed for k, eq, _ in pairs):
+        return rest, {}
+    out: dict[str, Any] = {}
+    for k, _, v in pairs:
+        try:
+            out[k] = allowed[k](v)
+        except ValueError as exc:
+            raise ModelSpecError(f"{rest}: option {k}={v!r} is not a valid {allowed[k].__name__}") from exc
+    return path, out
+
+
 def load_model(spec: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                **kw: Any) -> Denoiser:
     """Resolve a model spec such as ``builtin:fmnist`` or ``diffusers:/path/to/folder``."""
-    from . import _ensure_resolvers
-
-    _ensure_resolvers()
+    _import_model_packages()
     prefix, sep, rest = spec.partition(":")
     if not sep or prefix not in _RESOLVERS:
         known = ", ".join(sorted(f"{p}:..." for p in _RESOLVERS)) or "none"

@@ -42,11 +42,11 @@ from torch import nn
 from ..errors import UsageError
 from ..runtime import dtype as _dtype
 from .base import Denoiser, ModelSpecError, register_resolver
-from .diffusers_loader import VPTable, alphas_cumprod_from_config
 from .edm_pickle import class_indices
 from .guidance import ClassifierGuided
 from .networks import build_and_load
 from .networks.adm import ADMConfig, ADMUNet, infer_config, released_config
+from .parameterisation import VPTable, alphas_cumprod_from_config
 from .single_file import read_checkpoint
 
 LINEAR_BETAS = {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_train_timesteps": 1000}

@@ -66,7 +66,7 @@ def prompts_for_seeds(prompts: Sequence[str], seeds: Sequence[int]) -> list[str]
 
 def condition_args(prompts: Sequence[str] | None, cfg: float = 1.0, negative_prompt: str | None = None
                    ) -> dict[str, Any]:
-    """``extra_args`` for a :class:`~.diffusers_loader.DiffusersDenoiser`: prompts (one per sample) and CFG scale."""
+    """``extra_args`` for a :class:`~.diffusers_denoiser.DiffusersDenoiser`: prompts (one per sample) and CFG scale."""
     out: dict[str, Any] = {}
     if prompts is not None:
         out["prompts"] = list(prompts)

@@ -11,7 +11,7 @@ import torch
 from adasde.coefficients import Coefficients
 from adasde.loaders import load_model
 from adasde.samplers import CoefficientMismatchWarning, get_sigmas, sample_adasde
-from test_loaders_fixtures import one_thread, sd_dir  # noqa: F401
+from helpers.diffusers_models import sd_dir  # noqa: F401
 
 diffusers = pytest.importorskip("diffusers")
 from adasde.diffusers_scheduler import AdaSDEScheduler, AMEDPluginScheduler  # noqa: E402

@@ -11,7 +11,7 @@ import pytest
 import torch
 from adasde.loaders import ModelSpecError, load_model
 from adasde.samplers import get_sigmas, sample_adasde
-from test_loaders_fixtures import ddpm_dir, make_ddpm_folder, make_sdxl_folder, one_thread, sd_dir, tiny_unet2d  # noqa: F401
+from helpers.diffusers_models import ddpm_dir, make_ddpm_folder, make_sdxl_folder, sd_dir, tiny_unet2d  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +222,11 @@ def test_latent_pipeline_with_vqvae(tmp_path: Path) -> None:
     with torch.no_grad():
         ref = vq.decode(y / vq.config.scaling_factor, return_dict=False)[0]
     torch.testing.assert_close(img, ((ref + 1) / 2).clamp(0, 1), atol=1e-5, rtol=1e-5)
+
+
+def test_fixture_folders_are_offline_diffusers_layouts(ddpm_dir: Path, sd_dir: Path) -> None:  # noqa: F811
+    assert json.loads((ddpm_dir / "model_index.json").read_text())["_class_name"] == "DDPMPipeline"
+    idx = json.loads((sd_dir / "model_index.json").read_text())
+    assert idx["_class_name"] == "StableDiffusionPipeline"
+    assert (sd_dir / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (sd_dir / "tokenizer" / "tokenizer_config.json").is_file()

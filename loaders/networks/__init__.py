@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..diffusers_loader import load_checked
+from ..checkpoint import load_checked
 from .adm import ADMConfig, ADMUNet, infer_config
 from .edm import DhariwalUNet, SongUNet
 

@@ -1,5 +1,6 @@
-"""Tiny random-weight diffusers folders from configs (docs/TESTBEDS.md section 4), shared by the loader, sampler-CLI
-and diffusers-scheduler tests.  Everything is written to a temporary folder; nothing touches the network."""
+"""Tiny random-weight diffusers folders built from configs (docs/TESTBEDS.md section 4), shared by the loader,
+sampler-CLI and diffusers-scheduler tests (import the fixtures ``ddpm_dir`` / ``sd_dir`` from here).  Everything is
+written to a temporary folder; nothing touches the network."""
 
 from __future__ import annotations
 
@@ -112,37 +113,15 @@ def make_sdxl_folder(root: Path, seed: int = 0) -> Path:
     return root
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: with 2 threads on 2 busy shared cores, OpenMP spinning costs ~100x the CPU time."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def folder_fixture(make, name: str):
+    """A session fixture ``NAME_dir``: the folder ``make(path)`` writes, built once per test session."""
+
+    @pytest.fixture(scope="session", name=f"{name}_dir")
+    def _folder(tmp_path_factory) -> Path:
+        return make(tmp_path_factory.mktemp(name) / "pipe")
+
+    return _folder
 
 
-def _single_thread(fn, *args):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return fn(*args)
-    finally:
-        torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="session")
-def ddpm_dir(tmp_path_factory) -> Path:
-    return _single_thread(make_ddpm_folder, tmp_path_factory.mktemp("ddpm") / "pipe")
-
-
-@pytest.fixture(scope="session")
-def sd_dir(tmp_path_factory) -> Path:
-    return _single_thread(make_sd_folder, tmp_path_factory.mktemp("sd") / "pipe")
-
-
-def test_fixture_folders_are_offline_diffusers_layouts(ddpm_dir: Path, sd_dir: Path) -> None:
-    assert json.loads((ddpm_dir / "model_index.json").read_text())["_class_name"] == "DDPMPipeline"
-    idx = json.loads((sd_dir / "model_index.json").read_text())
-    assert idx["_class_name"] == "StableDiffusionPipeline"
-    assert (sd_dir / "unet" / "diffusion_pytorch_model.safetensors").is_file()
-    assert (sd_dir / "tokenizer" / "tokenizer_config.json").is_file()
+ddpm_dir = folder_fixture(make_ddpm_folder, "ddpm")
+sd_dir = folder_fixture(make_sd_folder, "sd")
