@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
+from ._version import __version__
+from .bench import cli as bench_cli
+from .builtin import cli as builtin_cli
+from .coefficients import cli as coefficients_cli
+from .demo import cli as demo_cli
+from .distill import cli as distill_cli
 from .errors import AdasdeError
+from .evaluation import cli as evaluation_cli
+from .loaders import cli as loaders_cli
 
-# (module relative to this package, exposing register(subparsers))
-_SUBSYSTEMS = (
-    ".demo.cli",
-    ".distill.cli",
-    ".evaluation.cli",
-    ".bench.cli",
-    ".builtin.cli",
-    ".loaders.cli",
-    ".coefficients.cli",
-)
+# Each exposes register(subparsers), which only adds arguments: building the parser imports neither torch nor
+# numpy, so ``adasde --help`` is instant; the commands import their work modules when they run.
+_SUBSYSTEMS = (demo_cli, distill_cli, evaluation_cli, bench_cli, builtin_cli, loaders_cli, coefficients_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,17 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Few-step diffusion sampling with learned coefficients (AdaSDE, AMED): "
         "demo, distil, sample, score.",
     )
-    from ._version import __version__
-
     parser.add_argument("--version", action="version", version=f"adasde {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _SUBSYSTEMS:
-        try:
-            module = importlib.import_module(name, __package__)
-        except ModuleNotFoundError as exc:  # subsystem not built in this checkout
-            if exc.name and exc.name.startswith(__package__ or "adasde"):
-                continue
-            raise
+    for module in _SUBSYSTEMS:
         module.register(sub)
     return parser
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import importlib
 
-from .base import Denoiser, ModelSpecError, load_model, register_resolver
-
 # modules (relative to the package root) whose import registers resolvers
 _RESOLVER_MODULES = (".builtin.loader", ".testbeds.loader", ".loaders.diffusers_loader", ".loaders.single_file")
 _done = False
@@ -28,3 +26,13 @@ def _ensure_resolvers() -> None:
 
 
 __all__ = ["Denoiser", "ModelSpecError", "load_model", "register_resolver"]
+
+
+def __getattr__(name: str):  # noqa: ANN202 - PEP 562: ``.base`` (torch) is imported on first use (keeps the CLI light)
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from . import base
+
+    value = getattr(base, name)
+    globals()[name] = value
+    return value
