@@ -22,7 +22,10 @@ class AdaSDEExtension(ComfyExtension):
         from .fid import FIDEvaluate, SaveFIDReferenceStats
         from .sampling import AdaSDESampler, AdaSDESigmas, AMEDSampler
 
-        return [AdaSDESampler, AdaSDESigmas, AMEDSampler, DistillAdaSDE, FIDEvaluate, SaveFIDReferenceStats]
+        from .builtin_model import BuiltinModelLoader, EmptyBuiltinLatent
+
+        return [AdaSDESampler, AdaSDESigmas, AMEDSampler, DistillAdaSDE, FIDEvaluate, SaveFIDReferenceStats,
+                BuiltinModelLoader, EmptyBuiltinLatent]
 
 
 async def comfy_entrypoint() -> AdaSDEExtension:
