@@ -29,8 +29,8 @@ def test_build_parser_imports_no_torch() -> None:
                                   ["bench", "builtin", "--help"], ["coefficients", "show", "--help"],
                                   ["demo", "--help"], ["train-builtin", "--help"]])
 def test_help_imports_no_torch(argv: list[str]) -> None:
-    code = ("import sys\nfrom adasde.cli import main\ntry:\n    main(%r)\nexcept SystemExit as e:\n    code = e.code\n"
-            "print('HEAVY', [m for m in %r if m in sys.modules])\nsys.exit(code)") % (argv, HEAVY)
+    code = (f"import sys\nfrom adasde.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit as e:\n"
+            f"    code = e.code\nprint('HEAVY', [m for m in {HEAVY!r} if m in sys.modules])\nsys.exit(code)")
     r = _py(code)
     assert r.returncode == 0, r.stderr
     assert "usage: adasde" in r.stdout
@@ -106,9 +106,8 @@ def test_coefficients_show_on_model_weights_names_it(capsys: pytest.CaptureFixtu
 def test_coefficients_show_on_foreign_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A plain safetensors state dict (no adasde metadata) is also called model weights, not 'corrupt'."""
     import torch
-    from safetensors.torch import save_file
-
     from adasde.cli import main
+    from safetensors.torch import save_file
 
     f = tmp_path / "unet.safetensors"
     save_file({"conv.weight": torch.zeros(2, 2)}, str(f))
