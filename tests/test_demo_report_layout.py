@@ -19,7 +19,7 @@ from adasde.demo import report
 from adasde.demo.run import DEMO_SOLVERS, DemoConfig, DemoResult, _generate, _write_report
 from PIL import Image
 from test_demo_chromium import FLAGS, _chromium
-from test_demo_run import NFE, DemoRun, reduced_demo
+from test_demo_run import DemoRun, reduced_demo
 
 pytestmark = pytest.mark.chromium
 WIDTHS = (420, 900, 1400)
@@ -49,36 +49,59 @@ window.addEventListener("load", () => {
 </script>"""
 
 
-def _coeffs(run: DemoRun) -> dict:
-    out = {("adasde", NFE): load(run.out / f"adasde-builtin-fmnist-nfe{NFE}.safetensors")}
-    out[("amed", NFE)] = load(next(run.coef_dir.glob(f"amed-*nfe{NFE}.safetensors")))
+def _coeffs(run: DemoRun | None, folder: Path, nfe: int, quick: bool) -> dict:
+    """The coefficient records the demo run used at the headline NFE."""
+    from adasde.demo.run import _shipped
+
+    out = {}
+    for kind in ("adasde", "amed"):
+        distilled = folder / f"{kind}-builtin-fmnist-nfe{nfe}.safetensors"
+        if not quick and distilled.is_file():
+            out[(kind, nfe)] = load(distilled)
+        elif run is not None and list(run.coef_dir.glob(f"{kind}-*nfe{nfe}.safetensors")):
+            out[(kind, nfe)] = load(next(run.coef_dir.glob(f"{kind}-*nfe{nfe}.safetensors")))
+        elif _shipped(kind, nfe) is not None:
+            out[(kind, nfe)] = _shipped(kind, nfe)
     return out
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The reduced demo's folder, copied, with report.html rewritten to include the same-noise rows."""
+    """A copy of a demo report folder with report.html rewritten to include the same-noise rows: the reduced demo
+    run of tests/test_demo_run.py, or the finished ``adasde demo`` folder named by ``$ADASDE_REPORT_SITE`` (used
+    for the screenshots in docs/img)."""
     from adasde.loaders import load_model
 
-    run = reduced_demo(tmp_path_factory)
+    given = os.environ.get("ADASDE_REPORT_SITE")
+    run = None if given else reduced_demo(tmp_path_factory)
+    source = Path(given) if given else run.out
     site = tmp_path_factory.mktemp("layout") / "site"
-    shutil.copytree(run.out, site)
+    shutil.copytree(source, site)
     results = json.loads((site / "results.json").read_text())
-    cfg = DemoConfig(out=site, nfe=results["nfe"], samples=results["samples"],
-                     chart_samples=results["chart_samples"], chart_nfes=tuple(results["chart_nfes"]),
-                     quick=results["quick"], seed=results["seed"])
+    nfe = results["nfe"]
+    cfg = DemoConfig(out=site, nfe=nfe, samples=results["samples"], chart_samples=results["chart_samples"],
+                     chart_nfes=tuple(results["chart_nfes"]), quick=results["quick"], seed=results["seed"])
     res = DemoResult(rows=results["rows"], timings=results["timings"], skipped=results["skipped"])
-    coeffs = _coeffs(run)
+    coeffs = _coeffs(run, site, nfe, results["quick"])
+    all_coeffs = dict(coeffs)
+    if given:  # the chart's other NFEs used the shipped files
+        from adasde.demo.run import _shipped
+
+        for kind in ("adasde", "amed"):
+            for k in results["chart_nfes"]:
+                if (kind, k) not in all_coeffs and _shipped(kind, k) is not None:
+                    all_coeffs[(kind, k)] = _shipped(kind, k)
     torch.set_num_threads(1)
     model = load_model("builtin:fmnist")
-    rows = {name: _generate(model, name, NFE, SEEDS, coeffs.get((name, NFE)), len(SEEDS), None)
+    rows = {name: _generate(model, name, nfe, SEEDS, coeffs.get((name, nfe)), len(SEEDS), None)
             for name in DEMO_SOLVERS}
     reference = _generate(model, "heun", 35, SEEDS, None, len(SEEDS), None)
-    notes = {"adasde": "coefficients distilled in this run", "amed": "shipped coefficients"}
+    src = "coefficients distilled in this run" if not results["quick"] else "shipped coefficients"
+    notes = {"adasde": src, "amed": "shipped coefficients"}
     same = report.same_noise_rows(rows, reference, site, seeds=SEEDS, reference_label="converged (Heun, 35 NFE)",
                                   notes=notes, crop=(6, 6, 14, 14), zoom=3)
-    grids = {name: site / f"grid-{name}-nfe{NFE}.png" for name in DEMO_SOLVERS}
-    _write_report(cfg, res, coeffs, grids, same_noise=same)
+    grids = {name: site / f"grid-{name}-nfe{nfe}.png" for name in DEMO_SOLVERS}
+    _write_report(cfg, res, all_coeffs, grids, same_noise=same)
     return site
 
 
