@@ -99,7 +99,7 @@ def svg_line_chart(
                 "</text></svg>")
     # legend under the plot: columns of equal width, as many as fit
     names = list(series)
-    col_w = 34 + 7 * max(len(n) for n in names)
+    col_w = 44 + 7 * max(len(n) for n in names)
     ncols = max(1, min(len(names), (width - 40) // col_w))
     legend_h = 18 * math.ceil(len(names) / ncols) + 6
     ml, mr, mt, mb = 64, 20, (52 if subtitle else 36), 48 + legend_h

@@ -66,7 +66,9 @@ def load_shipped():
 def test_builtin_model_nodes_are_registered(comfy: Server) -> None:
     info = comfy.object_info("AdaSDEBuiltinModel")
     assert info["output"] == ["MODEL", "VAE", "CONDITIONING"]
-    assert "adasde" in info.get("search_aliases", ["adasde"])
+    assert "adasde" in info["search_aliases"]
+    for node in ("AdaSDEFIDEvaluate", "AdaSDESaveFIDReferenceStats"):
+        assert "adasde" in comfy.object_info(node)["search_aliases"]
     assert comfy.object_info("AdaSDEEmptyBuiltinLatent")["output"] == ["LATENT"]
 
 
