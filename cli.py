@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ._version import __version__
+from .bench import cli as bench_cli
+from .builtin import cli as builtin_cli
+from .coefficients import cli as coefficients_cli
+from .demo import cli as demo_cli
+from .distill import cli as distill_cli
 from .errors import AdasdeError
+from .evaluation import cli as evaluation_cli
+from .generate import cli as generate_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,20 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Few-step diffusion sampling with learned coefficients (AdaSDE, AMED): "
         "demo, distil, sample, score.",
     )
-    from ._version import __version__
-
     parser.add_argument("--version", action="version", version=f"adasde {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from .bench import cli as bench_cli
-    from .builtin import cli as builtin_cli
-    from .coefficients import cli as coefficients_cli
-    from .demo import cli as demo_cli
-    from .distill import cli as distill_cli
-    from .evaluation import cli as evaluation_cli
-    from .generate import cli as generate_cli
-
+    # each register() only adds arguments: building the parser imports neither torch nor numpy, so --help is instant
     demo_cli.register(sub)
-    generate_cli.register(sub, evaluation_cli.register(sub))
+    generate_cli.register(sub, evaluation_cli.register(sub))  # fid ref|calc, then sample and fid sample
     distill_cli.register(sub)
     coefficients_cli.register(sub)
     bench_cli.register(sub)

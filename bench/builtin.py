@@ -12,9 +12,8 @@ penultimate features of our Fashion-MNIST classifier; it is not FID.
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
@@ -52,7 +51,9 @@ def _job(name: str, nfe: int, seed0: int, n: int, batch: int) -> tuple[str, int,
 
 def run(samples: int = 5000, samples_other: int = 2000, seeds: int = 3, nfes: tuple[int, ...] = NFES,
         solvers: tuple[str, ...] = TABLE_SOLVERS, headline: int = 5, ref_nfe: int = 36, ref_samples: int = 5000,
-        batch: int = 500, workers: int = 2, out_dir: str | None = None) -> str:
+        batch: int = 500, workers: int = 2, out_dir: str | None = None, progress: bool = True) -> str:
+    """Run the benchmark (module docstring) and write its report (``common.write_report``: an existing
+    ``bench/results/builtin.md`` is kept unless ``out_dir`` is given); returns the report text."""
     from ..demo.run import _shipped
 
     missing = [f"{s} NFE {k}" for s in solvers if s in ("adasde", "amed") for k in nfes
@@ -70,7 +71,7 @@ def run(samples: int = 5000, samples_other: int = 2000, seeds: int = 3, nfes: tu
     secs: dict[tuple[str, int], float] = {}
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool, \
-            tqdm(total=sum(cost.values()), desc="bench builtin", unit="img-NFE") as bar:
+            tqdm(total=sum(cost.values()), desc="bench builtin", unit="img-NFE", disable=not progress) as bar:
         futs = {pool.submit(_job, *j, batch): j for j in jobs}
         for f in as_completed(futs):
             name, k, _, fd, dt = f.result()
@@ -136,7 +137,8 @@ CPU time per image (ms, one thread, including FD features):
 
 {md_table(["solver", "NFE", "ms / image"], speed)}
 """
-    write_report("builtin", text, out_dir)
+    path = write_report("builtin", text, out_dir)
+    print(f"wrote {path}", file=sys.stderr)
     return text
 
 
@@ -146,27 +148,3 @@ def _floor() -> float:
     tr, te = fd_fmnist_reference("train"), fd_fmnist_reference("test")
     res = frechet_distance(tr.mu, tr.sigma, te.mu, te.sigma)
     return float(getattr(res, "value", res))
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("builtin", help="FD-FMNIST of the built-in model per solver and NFE -> "
-                              "bench/results/builtin.md")
-    p.add_argument("--samples", type=int, default=5000, help="images per run at the headline NFE")
-    p.add_argument("--samples-other", type=int, default=2000, help="images per run at the other NFEs")
-    p.add_argument("--seeds", type=int, default=3, help="disjoint seed ranges per cell")
-    p.add_argument("--headline", type=int, default=5)
-    p.add_argument("--nfes", type=int, nargs="+", default=list(NFES))
-    p.add_argument("--solvers", nargs="+", default=list(TABLE_SOLVERS))
-    p.add_argument("--ref-samples", type=int, default=5000)
-    p.add_argument("--batch", type=int, default=500)
-    p.add_argument("--workers", type=int, default=max(1, min(os.cpu_count() or 1, 8)))
-    p.add_argument("--out-dir", default=None, help="write builtin.md here instead of bench/results")
-
-    def _run(a: argparse.Namespace) -> int:
-        if min(a.samples, a.samples_other, a.seeds, a.workers) < 1:
-            p.error("--samples, --samples-other, --seeds and --workers must be >= 1")
-        print(run(a.samples, a.samples_other, a.seeds, tuple(a.nfes), tuple(a.solvers), a.headline,
-                  ref_samples=a.ref_samples, batch=a.batch, workers=a.workers, out_dir=a.out_dir))
-        return 0
-
-    p.set_defaults(func=_run)

@@ -1,23 +1,133 @@
-"""``adasde bench ...``: benchmark sub-commands.  Each module below exposes ``register(bench_subparsers)`` and writes
-its report to ``bench/results/<name>.md`` (machine and date included)."""
+"""``adasde bench ...``: benchmark sub-commands.  Each writes a Markdown report (machine, date, command) to
+``bench/results/<name>.md``; when that file already exists (a committed result) the report goes to
+``bench/results/<name>-<date>.md`` instead, unless ``--out-dir`` names where to write (``bench/common.write_report``).
+
+Only arguments are defined here; each command imports its benchmark module (torch) when it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import os
 
-_BENCHES = (".overhead", ".solvers", ".distill", ".fid", ".builtin")
+_OUT_DIR_HELP = ("write <name>.md here, replacing it (default: bench/results/<name>.md if new, else "
+                 "bench/results/<name>-<date>.md: a committed result is never overwritten)")
+
+
+def _overhead(a: argparse.Namespace) -> int:
+    from .overhead import run
+
+    return run(a)
+
+
+def _solvers(a: argparse.Namespace) -> int:
+    from .solvers import NFES, run
+
+    text = run(a.quick, a.samples, tuple(a.nfes or NFES), tuple(a.solvers) if a.solvers else None, a.ref_steps,
+               tuple(a.specs) if a.specs else None, a.seed, a.out_dir, a.threads)
+    print(text)
+    return 0
+
+
+def _distill(a: argparse.Namespace) -> int:
+    from .distill import _main
+
+    return _main(a)
+
+
+def _fid(a: argparse.Namespace) -> int:
+    import torch
+
+    from .fid import run
+
+    torch.set_num_threads(int(os.environ.get("ADASDE_BENCH_THREADS", torch.get_num_threads())))
+    print(run(a.dim, a.repeat, not a.no_sqrtm, a.inception_batch, a.inception_res, a.fmnist_batch, a.device,
+              a.out_dir))
+    return 0
+
+
+def _builtin(a: argparse.Namespace) -> int:
+    from ..errors import UsageError
+    from .builtin import NFES, TABLE_SOLVERS, run
+
+    if min(a.samples, a.samples_other, a.seeds, a.workers) < 1:
+        raise UsageError("bench builtin: --samples, --samples-other, --seeds and --workers must be >= 1")
+    print(run(a.samples, a.samples_other, a.seeds, tuple(a.nfes or NFES), tuple(a.solvers or TABLE_SOLVERS),
+              a.headline, ref_samples=a.ref_samples, batch=a.batch, workers=a.workers, out_dir=a.out_dir,
+              progress=not a.no_progress))
+    return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("bench", help="run a benchmark and write bench/results/<name>.md")
+    """Add ``bench`` and its sub-commands (overhead, solvers, distill, fid, builtin)."""
+    parser = subparsers.add_parser("bench", help="run a benchmark and write bench/results/<name>.md",
+                                   description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="bench", metavar="BENCH")
-    for name in _BENCHES:
-        try:
-            module = importlib.import_module(name, __package__)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith(__package__):
-                continue
-            raise
-        module.register(sub)
+
+    p = sub.add_parser("overhead", help="solver overhead per step vs a plain Euler loop (zero-cost model)")
+    p.add_argument("--shape", default="1,4,128,128", help="latent shape B,C,H,W (default 1,4,128,128)")
+    p.add_argument("--steps", type=int, default=20, help="steps per run (default 20)")
+    p.add_argument("--repeats", type=int, default=15, help="timed repeats per sampler (default 15)")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up runs per sampler (default 3)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--name", default="overhead", help="report name: bench/results/<name>.md (default overhead)")
+    p.add_argument("--out-dir", default=None, help=_OUT_DIR_HELP)
+    p.set_defaults(func=_overhead)
+
+    p = sub.add_parser("solvers", help="every solver at NFE 3..10 on the exact GMM testbeds -> "
+                       "bench/results/solvers.md")
+    p.add_argument("--quick", action="store_true", help="smoke run: synthetic d = 64 testbeds, 200 samples, NFE 3 5 6")
+    p.add_argument("--samples", type=int, default=None, help="samples per run (default 2000; --quick 200)")
+    p.add_argument("--nfes", type=int, nargs="+", default=None, help="default 3 4 ... 10")
+    p.add_argument("--solvers", nargs="+", default=None, help="default: every sampler in samplers.SAMPLERS")
+    p.add_argument("--ref-steps", type=int, default=None, help="Heun steps of the reference solve (default 200)")
+    p.add_argument("--specs", nargs="+", default=None, help="testbed specs (default fmnist-gmm and fmnist-gmm-error)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
+    p.add_argument("--out-dir", default=None, help=_OUT_DIR_HELP)
+    p.set_defaults(func=_solvers)
+
+    p = sub.add_parser("distill", help="distilled AdaSDE / AMED vs training-free solvers on the GMM testbed",
+                       description="Distilled AdaSDE and AMED-Solver vs training-free solvers on the controlled-error "
+                       "Gaussian-mixture testbed, CPU, fixed seeds; writes bench/results/distill.md.")
+    p.add_argument("--model", default="testbed:gmm-error")
+    p.add_argument("--nfe", type=int, nargs="+", default=[3, 5, 7, 9])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--trajectories", type=int, default=10_000,
+                   help="per distillation (the paper's 10k; --trajectories 2000 for a busy machine)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--samples", type=int, default=2000)
+    p.add_argument("--no-amed", action="store_true")
+    p.add_argument("--quick", action="store_true", help="smoke test: NFE 5 only, 2 repeats, 256 trajectories")
+    p.add_argument("--out-dir", default=None, help=_OUT_DIR_HELP)
+    p.add_argument("--name", default="distill", help="report name: bench/results/<name>.md")
+    p.set_defaults(func=_distill)
+
+    p = sub.add_parser("fid", help="Frechet-distance, statistics and feature-network speed -> bench/results/fid.md")
+    p.add_argument("--dim", type=int, default=2048)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--no-sqrtm", action="store_true", help="skip the (slow) scipy sqrtm reference")
+    p.add_argument("--inception-batch", type=int, default=4)
+    p.add_argument("--inception-res", type=int, default=32)
+    p.add_argument("--fmnist-batch", type=int, default=500)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out-dir", default=None, help=_OUT_DIR_HELP)
+    p.set_defaults(func=_fid)
+
+    p = sub.add_parser("builtin", help="FD-FMNIST of the built-in model per solver and NFE -> "
+                       "bench/results/builtin.md")
+    p.add_argument("--samples", type=int, default=5000, help="images per run at the headline NFE")
+    p.add_argument("--samples-other", type=int, default=2000, help="images per run at the other NFEs")
+    p.add_argument("--seeds", type=int, default=3, help="disjoint seed ranges per cell")
+    p.add_argument("--headline", type=int, default=5)
+    p.add_argument("--nfes", type=int, nargs="+", default=None, help="default 3 5 7 9")
+    p.add_argument("--solvers", nargs="+", default=None, help="default adasde amed ipndm dpmpp_3m unipc euler")
+    p.add_argument("--ref-samples", type=int, default=5000)
+    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--workers", type=int, default=max(1, min(os.cpu_count() or 1, 8)))
+    p.add_argument("--out-dir", default=None, help=_OUT_DIR_HELP)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_builtin)
+
     parser.set_defaults(func=lambda args: parser.print_help() or 2)

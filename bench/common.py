@@ -34,10 +34,20 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def write_report(name: str, text: str, out_dir: str | os.PathLike | None = None) -> Path:
-    """Atomically write ``<out_dir or bench/results>/<name>.md`` and return its path."""
+    """Atomically write ``<out_dir>/<name>.md`` (replacing it) and return its path.
+
+    Without ``out_dir`` the report goes to ``bench/results/<name>.md`` only if that file does not exist yet; a
+    committed result is never overwritten by default: the new report is ``bench/results/<name>-<YYYY-MM-DD>.md``
+    (``-2``, ``-3``, ... if that exists too).
+    """
     d = Path(out_dir) if out_dir else RESULTS_DIR
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"{name}.md"
+    if not out_dir and path.exists():
+        stem = f"{name}-{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d}"
+        path, k = d / f"{stem}.md", 2
+        while path.exists():
+            path, k = d / f"{stem}-{k}.md", k + 1
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)

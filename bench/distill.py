@@ -227,24 +227,6 @@ def _report(model_spec: str, nfes: tuple[int, ...], repeats: int, trajectories: 
     return text
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``adasde bench distill``."""
-    p = subparsers.add_parser("distill", help="distilled AdaSDE / AMED vs training-free solvers on the GMM testbed",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="testbed:gmm-error")
-    p.add_argument("--nfe", type=int, nargs="+", default=list(NFES))
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--trajectories", type=int, default=10_000,
-                   help="per distillation (the paper's 10k; --trajectories 2000 for a busy machine)")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--samples", type=int, default=2000)
-    p.add_argument("--no-amed", action="store_true")
-    p.add_argument("--quick", action="store_true", help="smoke test: NFE 5 only, 2 repeats, 256 trajectories")
-    p.add_argument("--out-dir", default=None, help="write the report here instead of bench/results")
-    p.add_argument("--name", default="distill", help="report name: bench/results/<name>.md")
-    p.set_defaults(func=_main)
-
-
 def _main(args: argparse.Namespace) -> int:
     if args.quick:
         run(args.model, nfes=(5,), repeats=2, trajectories=256, batch=args.batch, samples=1000,

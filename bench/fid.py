@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
@@ -175,24 +174,3 @@ def run(d: int = 2048, repeat: int = 3, with_sqrtm: bool = True, inception_batch
     text = "\n".join(lines)
     write_report("fid", text, out_dir)
     return text
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("fid", help="Frechet-distance, statistics and feature-network speed -> "
-                              "bench/results/fid.md")
-    p.add_argument("--dim", type=int, default=2048)
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--no-sqrtm", action="store_true", help="skip the (slow) scipy sqrtm reference")
-    p.add_argument("--inception-batch", type=int, default=4)
-    p.add_argument("--inception-res", type=int, default=32)
-    p.add_argument("--fmnist-batch", type=int, default=500)
-    p.add_argument("--device", default=None)
-    p.add_argument("--out-dir", default=None, help="write fid.md here instead of bench/results")
-
-    def _run(a: argparse.Namespace) -> int:
-        torch.set_num_threads(int(os.environ.get("ADASDE_BENCH_THREADS", torch.get_num_threads())))
-        print(run(a.dim, a.repeat, not a.no_sqrtm, a.inception_batch, a.inception_res, a.fmnist_batch, a.device,
-                  a.out_dir))
-        return 0
-
-    p.set_defaults(func=_run)

@@ -198,16 +198,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"{r['sampler']:12s} {r['options']:40s} ratio/step {r['ratio']:.2f}  ratio/NFE {r['ratio_per_nfe']:.2f}")
     print(f"wrote {path}")
     return 0
-
-
-def register(bench_subparsers: argparse._SubParsersAction) -> None:
-    p = bench_subparsers.add_parser("overhead", help="solver overhead per step vs a plain Euler loop (zero-cost model)")
-    p.add_argument("--shape", default="1,4,128,128", help="latent shape B,C,H,W (default 1,4,128,128)")
-    p.add_argument("--steps", type=int, default=20, help="steps per run (default 20)")
-    p.add_argument("--repeats", type=int, default=15, help="timed repeats per sampler (default 15)")
-    p.add_argument("--warmup", type=int, default=3, help="warm-up runs per sampler (default 3)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--name", default="overhead", help="report name: bench/results/<name>.md (default overhead)")
-    p.add_argument("--out-dir", default=None, help="write the report here instead of bench/results")
-    p.set_defaults(func=run)

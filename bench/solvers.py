@@ -17,7 +17,6 @@ writes ``bench/results/solvers.md``.
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import time
@@ -251,25 +250,3 @@ denoiser's error (its FD is above the floor): that gap is what no ODE solver can
     text = "\n".join(parts)
     write_report("solvers", text, out_dir)
     return text
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("solvers", help="every solver at NFE 3..10 on the exact GMM testbeds -> "
-                              "bench/results/solvers.md")
-    p.add_argument("--quick", action="store_true", help="smoke run: synthetic d = 64 testbeds, 200 samples, NFE 3 5 6")
-    p.add_argument("--samples", type=int, default=None, help="samples per run (default 2000; --quick 200)")
-    p.add_argument("--nfes", type=int, nargs="+", default=list(NFES))
-    p.add_argument("--solvers", nargs="+", default=None, help="default: every sampler in samplers.SAMPLERS")
-    p.add_argument("--ref-steps", type=int, default=None, help="Heun steps of the reference solve (default 200)")
-    p.add_argument("--specs", nargs="+", default=None, help="testbed specs (default fmnist-gmm and fmnist-gmm-error)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
-    p.add_argument("--out-dir", default=None, help="write solvers.md here instead of bench/results")
-
-    def _run(a: argparse.Namespace) -> int:
-        text = run(a.quick, a.samples, tuple(a.nfes), tuple(a.solvers) if a.solvers else None, a.ref_steps,
-                   tuple(a.specs) if a.specs else None, a.seed, a.out_dir, a.threads)
-        print(text)
-        return 0
-
-    p.set_defaults(func=_run)

@@ -85,6 +85,10 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]
         raise _err(p, f"the {META_KEY!r} metadata is not valid JSON ({exc})", regen) from None
     if not isinstance(meta, dict):
         raise _err(p, f"the {META_KEY!r} metadata is not a JSON object: {meta!r}", regen)
+    if isinstance(meta.get("format"), str) or not any(k in header for k in (*TABLES, "sigmas")):
+        what = f"format {meta['format']!r}" if isinstance(meta.get("format"), str) else "no coefficient tables"
+        raise _err(p, f"a model weights file ({what}, {len(header)} tensors), not a coefficient file",
+                   "pass a coefficient file (`adasde coefficients list`, or write one with `adasde distill`)")
     version = meta.get("version")
     if type(version) is not int or version != FORMAT_VERSION:
         raise _err(p, f"unknown format version {version!r} (this adasde reads version {FORMAT_VERSION})",

@@ -227,22 +227,53 @@ def _distil(model: Any, cfg: DemoConfig, out: Path) -> Any:
     return coeffs
 
 
-def _write_report(cfg: DemoConfig, res: DemoResult, coeffs: dict, grids: dict[str, Path]) -> Path:
+def _write_report(cfg: DemoConfig, res: DemoResult, coeffs: dict, grids: dict[str, Path],
+                  same_noise: str | None = None) -> Path:
+    """Write ``report.html`` (+ the two SVG charts) from the measured rows.
+
+    Rows may carry ``fd_err`` (spread over seed blocks: drawn as an error bar) and ``chart`` = ``{"n", "fd_fmnist"
+    [, "fd_err"]}`` (the same solver and NFE scored on the chart's sample size), so that every chart point has one
+    sample size; a point measured on another number of images is drawn hollow and the caption says so.
+    ``same_noise`` is the HTML of :func:`report.same_noise_rows`, shown when given.
+    """
     out = Path(cfg.out)
     head = [r for r in res.rows if r["nfe"] == cfg.nfe]
     head.sort(key=_fd_key)
+    learned_at = {k for k in coeffs}
+    distilled_here = {("adasde", cfg.nfe)} if (not cfg.quick and ("adasde", cfg.nfe) in learned_at) else set()
+
+    def source(r: dict[str, Any]) -> str:
+        if not r["trained"]:
+            return "training-free"
+        return "distilled in this run" if (r["solver"], r["nfe"]) in distilled_here else "shipped file"
+
     table = report.html_table(
         ["solver", "NFE", "FD-FMNIST (lower is better)", "images", "ms / image (CPU)", "coefficients"],
-        [[r["solver"], r["nfe"], r["fd_fmnist"], r["n"], r["ms_per_image"],
-          "learned" if r["trained"] else "training-free"] for r in head], best_col=2)
+        [[r["solver"], r["nfe"], r["fd_fmnist"], r["n"], r["ms_per_image"], source(r)] for r in head], best_col=2)
     # one series per solver in the order of cfg.solvers, so every solver keeps its colour (adasde first: red)
-    series: dict[str, list[tuple[float, float]]] = {}
+    chart_n = cfg.chart_samples
+    series: dict[str, list[tuple]] = {}
+    hollow: dict[str, set[float]] = {}
+    other_n: set[int] = set()
     for name in cfg.solvers:
-        pts = sorted((r["nfe"], r["fd_fmnist"]) for r in res.rows if r["solver"] == name)
+        pts = []
+        for r in sorted((r for r in res.rows if r["solver"] == name), key=lambda r: r["nfe"]):
+            pt, alt = r, r.get("chart")
+            if r["n"] != chart_n and isinstance(alt, dict) and int(alt.get("n", -1)) == chart_n:
+                pt = alt
+            if int(pt["n"]) != chart_n:
+                hollow.setdefault(name, set()).add(r["nfe"])
+                other_n.add(int(r["n"]))
+            pts.append((r["nfe"], pt["fd_fmnist"], pt.get("fd_err")))
         if pts:
             series[name] = pts
+    subtitle = f"{chart_n} images per point"
+    if other_n:
+        subtitle += f" (hollow markers: {', '.join(str(n) for n in sorted(other_n))} images)"
+    anchors = report.read_anchors()
     chart = report.svg_line_chart(series, "FD-FMNIST against NFE", "NFE (network calls per image)",
-                                  "FD-FMNIST (log scale)", log_y=True, highlight="adasde")
+                                  "FD-FMNIST (log scale)", log_y=True, highlight="adasde", subtitle=subtitle,
+                                  refs=anchors, hollow=hollow)
     (out / "fd_vs_nfe.svg").write_text(chart)
     c = coeffs.get(("adasde", cfg.nfe))
     coef_html = "<p>No AdaSDE coefficients at this NFE.</p>"
@@ -254,29 +285,47 @@ def _write_report(cfg: DemoConfig, res: DemoResult, coeffs: dict, grids: dict[st
         coef_html = report.inline_svg(coef_svg)
     figs = "".join(_figure(n, p, cfg.nfe) for n, p in grids.items())
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in res.timings.items())
-    source = ("AdaSDE coefficients were distilled in this run" if not cfg.quick
-              else "AdaSDE coefficients: shipped file (--quick)")
+    src = ("AdaSDE coefficients were distilled in this run" if not cfg.quick
+           else "AdaSDE coefficients: shipped file (--quick)")
+    amed_run = any(r["solver"] == "amed" for r in res.rows)
     amed = ("AMED-Solver uses the shipped coefficients" if any(k[0] == "amed" for k in coeffs)
             else "AMED-Solver was not run: no shipped AMED coefficients for this model")
     skipped = (f'<p class="note">Not run (no coefficients): {html.escape("; ".join(res.skipped))}.</p>'
                if res.skipped else "")
+    learned_names = [n for n in ("adasde", "amed") if n in series]
+    per_point = []
+    for n in learned_names:
+        here = sorted(k for (s, k) in distilled_here if s == n)
+        shipped = sorted(k for (s, k) in learned_at if s == n and (s, k) not in distilled_here)
+        bits = ([f"NFE {', '.join(map(str, here))} distilled in this run"] if here else []) + \
+            ([f"NFE {', '.join(map(str, shipped))} from the shipped files"] if shipped else [])
+        per_point.append(f"{n}: {'; '.join(bits)}")
+    anchor_note = ("Dashed lines: absolute anchors from <code>bench/results/builtin.md</code> (measured on other "
+                   "sample sizes; FD-FMNIST shrinks with more images)." if anchors else "")
+    err_note = ("Error bars: spread over seed blocks." if any(len(p) > 2 and p[2] for v in series.values() for p in v)
+                else "")
+    against = "AdaSDE, AMED-Solver and training-free solvers" if amed_run else "AdaSDE against training-free solvers"
+    same_html = (f"<h2>Same starting noise</h2>\n{same_noise}" if same_noise else "")
     body = f"""
-<h1>adasde demo: AdaSDE against training-free solvers at {cfg.nfe} network calls</h1>
+<h1>adasde demo: {against} at {cfg.nfe} network calls</h1>
 <p>Built-in Fashion-MNIST diffusion model (EDM-preconditioned U-Net trained by this project), same seeds and initial
 noise for every solver. Quality is FD-FMNIST: the Frechet distance between generated images and the Fashion-MNIST
 test set in the feature space of our Fashion-MNIST classifier. It is <b>not FID</b> and not comparable to published
-numbers. {source}; {amed}.</p>
+numbers. {src}; {amed}.</p>
 <h2>Results at NFE {cfg.nfe}</h2>
-{table}
+<div class="table-wrap">{table}</div>
 {skipped}
 <h2>FD-FMNIST against NFE</h2>
 <div id="chart">{report.inline_svg(chart)}</div>
+<p class="note">Each point: {chart_n} images{f" (hollow: {', '.join(map(str, sorted(other_n)))} images)" if other_n
+                                             else ""}. Coefficients of the learned solvers per point:
+{html.escape("; ".join(per_point)) or "none"}. {anchor_note} {err_note}</p>
+{same_html}
 <h2>Learned AdaSDE coefficients</h2>
 <div id="coefficients">{coef_html}</div>
 <h2>Samples at NFE {cfg.nfe} (first {min(64, cfg.samples)} seeds)</h2>
 <div class="grids">{figs}</div>
-<p class="note">Timings on this machine: {timing}. Chart points at other NFEs use {cfg.chart_samples} images and, for
-the learned solvers, the shipped coefficients; the headline rows use {cfg.samples} images.</p>
+<p class="note">Timings on this machine: {timing}. The headline rows use {cfg.samples} images per solver.</p>
 """
     return report.write_html(out / "report.html", "adasde demo", body)
 

@@ -15,7 +15,17 @@ import json
 import sys
 from typing import Any
 
-from .reference import LAYOUTS
+# reference.LAYOUTS, spelled out so that building the parser imports no numpy/torch (tests check they agree)
+LAYOUTS = ("edm", "pytorch-fid", "torch-fidelity")
+
+
+class _DeprecatedQuiet(argparse.Action):
+    """``--quiet``: the old spelling of ``--no-progress`` (hidden); says so on stderr."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"adasde: {option_string} is deprecated, use --no-progress", file=sys.stderr)
+        namespace.no_progress = True
 
 
 def common_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,7 +38,8 @@ def common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
                    help="corrupt or non-image files: stop with an error (default) or skip them with a warning")
     p.add_argument("--json", default=None, metavar="OUT", help="also write the result as JSON to OUT")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", nargs=0, action=_DeprecatedQuiet, help=argparse.SUPPRESS)
 
 
 def emit(result: dict[str, Any], out: str | None) -> None:
@@ -50,7 +61,7 @@ def _ref(a: argparse.Namespace) -> int:
     init_distributed()
     ref = compute_reference(a.data, a.dest, net=a.net, layout=a.layout, batch=a.batch, device=a.device,
                             weights=a.inception_weights, allow_download=a.allow_download, on_error=a.on_error,
-                            max_images=a.max_images, progress=not a.quiet)
+                            max_images=a.max_images, progress=not a.no_progress)
     print(f"wrote {a.dest}: {ref.meta.get('feature_net')} statistics of {ref.n} images", file=sys.stderr)
     return 0
 
@@ -62,7 +73,7 @@ def _calc(a: argparse.Namespace) -> int:
     init_distributed()
     res = score_images(a.images, a.ref, net=a.net, batch=a.batch, device=a.device, weights=a.inception_weights,
                        allow_download=a.allow_download, on_error=a.on_error, kid_pr=a.kid_pr,
-                       max_images=a.max_images, progress=not a.quiet)
+                       max_images=a.max_images, progress=not a.no_progress)
     emit(res, a.json)
     return 0
 

@@ -1,7 +1,20 @@
 """Generation: the one loop from (model, plan, seeds, conditioning) to images, and the commands built on it
-(``adasde sample``, ``adasde fid sample``; the demo and the benchmarks call it too).  docs/ARCHITECTURE.md."""
+(``adasde sample``, ``adasde fid sample``; the demo and the benchmarks call it too).  docs/ARCHITECTURE.md,
+"Generation".  Names are imported on first use, so that ``adasde --help`` does not import torch."""
 
-from .loop import NonFiniteSampleError, generate, generate_all, sample_batch, to_uint8
-from .seeds import parse_seeds, shard
+from __future__ import annotations
 
-__all__ = ["NonFiniteSampleError", "generate", "generate_all", "parse_seeds", "sample_batch", "shard", "to_uint8"]
+from importlib import import_module
+from typing import Any
+
+_LAZY = {"NonFiniteSampleError": ".loop", "generate": ".loop", "generate_all": ".loop", "sample_batch": ".loop",
+         "to_uint8": ".loop", "parse_seeds": ".seeds", "shard": ".seeds"}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value

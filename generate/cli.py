@@ -107,7 +107,7 @@ def _fid_sample(a: argparse.Namespace) -> int:
     res = sample_and_score(a.model, a.sampler, a.seeds, a.ref, coeffs=a.coeffs, nfe=a.nfe, steps=a.steps,
                            schedule=a.schedule, rho=a.rho, batch=a.batch, net=a.net, device=a.device,
                            weights=a.inception_weights, allow_download=a.allow_download, out_images=a.out_images,
-                           resume=a.resume, checkpoint_every=a.checkpoint_every, progress=not a.quiet,
+                           resume=a.resume, checkpoint_every=a.checkpoint_every, progress=not a.no_progress,
                            model_kwargs={"config": a.config} if a.config else None)
     if rank_world()[0] == 0:
         _notes(res["protocol"]["notes"])

@@ -12,3 +12,4 @@ from . import diffusers_folder, edm_pickle, guided_diffusion, single_file  # noq
 from .base import Denoiser, ModelSpecError, load_model, register_resolver
 
 __all__ = ["Denoiser", "ModelSpecError", "load_model", "register_resolver"]
+

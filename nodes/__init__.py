@@ -18,11 +18,13 @@ class AdaSDEExtension(ComfyExtension):
         host.register()
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        from .builtin_model import BuiltinModelLoader, EmptyBuiltinLatent
         from .distill_node import DistillAdaSDE
         from .fid import FIDEvaluate, SaveFIDReferenceStats
         from .sampling import AdaSDESampler, AdaSDESigmas, AMEDSampler
 
-        return [AdaSDESampler, AdaSDESigmas, AMEDSampler, DistillAdaSDE, FIDEvaluate, SaveFIDReferenceStats]
+        return [AdaSDESampler, AdaSDESigmas, AMEDSampler, DistillAdaSDE, FIDEvaluate, SaveFIDReferenceStats,
+                BuiltinModelLoader, EmptyBuiltinLatent]
 
 
 async def comfy_entrypoint() -> AdaSDEExtension:

@@ -108,6 +108,7 @@ class FIDEvaluate(io.ComfyNode):
             node_id="AdaSDEFIDEvaluate",
             display_name="FID Evaluate",
             category=CATEGORY,
+            search_aliases=["adasde", "fid", "fd-fmnist", "frechet", "evaluate"],
             description="Frechet distance of IMAGE batches to reference statistics. With an accumulator name the "
                         "statistics accumulate across queue runs (saved in output/adasde_fid/) for large evaluations.",
             inputs=[
@@ -177,6 +178,7 @@ class SaveFIDReferenceStats(io.ComfyNode):
             node_id="AdaSDESaveFIDReferenceStats",
             display_name="Save FID Reference Stats",
             category=CATEGORY,
+            search_aliases=["adasde", "fid", "reference statistics"],
             description=f"Feature statistics of IMAGE batches written (atomically) to models/{REF_FOLDER}/<name>.npz; "
                         "'append' adds to the statistics of earlier runs.",
             inputs=[

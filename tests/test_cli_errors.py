@@ -60,7 +60,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 S = ["sample", "--model", "builtin:fmnist", "--no-progress"]
-F = ["fid", "sample", "--model", "builtin:fmnist", "--seeds", "0-1", "--quiet"]
+F = ["fid", "sample", "--model", "builtin:fmnist", "--seeds", "0-1", "--no-progress"]
 D = ["distill", "--model", "testbed:gmm-error", "--trajectories", "16", "--batch", "8", "--no-progress"]
 
 CASES: list[tuple[str, list[str], list[str]]] = [
@@ -94,17 +94,17 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("sample-out-is-file", [*S, "--nfe", "5", "--out", "{text}"], ["notes.txt"]),
     ("sample-used-folder", [*S, "--nfe", "5", "--seeds", "0-1", "--out", "{used}"], ["used", "PNG"]),
     # fid
-    ("fid-ref-missing-data", ["fid", "ref", "--data", "{dir}/nodata", "--dest", "{dir}/r.npz", "--quiet"],
+    ("fid-ref-missing-data", ["fid", "ref", "--data", "{dir}/nodata", "--dest", "{dir}/r.npz", "--no-progress"],
      ["nodata"]),
-    ("fid-ref-unknown-net", ["fid", "ref", "--data", "{imgs}", "--dest", "{dir}/r.npz", "--net", "vgg", "--quiet"],
+    ("fid-ref-unknown-net", ["fid", "ref", "--data", "{imgs}", "--dest", "{dir}/r.npz", "--net", "vgg", "--no-progress"],
      ["vgg"]),
-    ("fid-calc-missing-images", ["fid", "calc", "--images", "{dir}/noimgs", "--ref", "{ref4}", "--quiet"],
+    ("fid-calc-missing-images", ["fid", "calc", "--images", "{dir}/noimgs", "--ref", "{ref4}", "--no-progress"],
      ["noimgs"]),
-    ("fid-calc-missing-ref", ["fid", "calc", "--images", "{imgs}", "--ref", "{dir}/none.npz", "--quiet"],
+    ("fid-calc-missing-ref", ["fid", "calc", "--images", "{imgs}", "--ref", "{dir}/none.npz", "--no-progress"],
      ["none.npz"]),
-    ("fid-calc-bad-ref", ["fid", "calc", "--images", "{good}", "--ref", "{bad_npz}", "--net", "fmnist", "--quiet"],
+    ("fid-calc-bad-ref", ["fid", "calc", "--images", "{good}", "--ref", "{bad_npz}", "--net", "fmnist", "--no-progress"],
      ["garbage.npz"]),
-    ("fid-calc-corrupt-image", ["fid", "calc", "--images", "{imgs}", "--ref", "{ref128}", "--quiet"],
+    ("fid-calc-corrupt-image", ["fid", "calc", "--images", "{imgs}", "--ref", "{ref128}", "--no-progress"],
      ["broken.png"]),
     ("fid-sample-missing-ref", [*F, "--sampler", "euler", "--nfe", "3", "--ref", "{dir}/none.npz"], ["none.npz"]),
     ("fid-sample-bad-seeds", [*F, "--sampler", "euler", "--nfe", "3", "--ref", "{ref4}", "--seeds", "a"], ["a"]),

@@ -135,12 +135,12 @@ def test_cli_sample_with_nfe(tmp_path, capsys):
     ref = _make_ref(tmp_path / "ref.npz")
     out = tmp_path / "res.json"
     assert main(["fid", "sample", "--model", MODEL, "--sampler", "euler", "--nfe", "3", "--seeds", "0-3",
-                 "--ref", str(ref), "--batch", "2", "--device", "cpu", "--json", str(out), "--quiet"]) == 0
+                 "--ref", str(ref), "--batch", "2", "--device", "cpu", "--json", str(out), "--no-progress"]) == 0
     res = json.loads(out.read_text())
     assert res["protocol"]["nfe"] == 3 and res["protocol"]["schedule"] == ["polynomial", 7.0]
     assert res["num_images"] == 4 and res["metric"] == "FD-test" and res["versions"]["adasde"]
     capsys.readouterr()
     assert main(["fid", "sample", "--model", MODEL, "--sampler", "nope", "--nfe", "3", "--seeds", "0-1",
-                 "--ref", str(ref), "--quiet"]) == 2  # a user error: one line, exit 2
+                 "--ref", str(ref), "--no-progress"]) == 2  # a user error: one line, exit 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown sampler 'nope'" in err[0]

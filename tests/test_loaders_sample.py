@@ -153,9 +153,9 @@ def test_fid_sample_on_a_diffusers_unet_two_processes_equal_one(tmp_path: Path) 
     assert main(["sample", "--model", spec, "--nfe", "3", "--seeds", "100-107", "--out", str(tmp_path / "ref"),
                  "--no-progress"]) == 0
     assert main(["fid", "ref", "--data", str(tmp_path / "ref"), "--net", "fmnist", "--dest",
-                 str(tmp_path / "ref.npz"), "--quiet", "--device", "cpu"]) == 0
+                 str(tmp_path / "ref.npz"), "--no-progress", "--device", "cpu"]) == 0
     args = ["fid", "sample", "--model", spec, "--sampler", "adasde", "--nfe", "3", "--seeds", "0-4", "--ref",
-            str(tmp_path / "ref.npz"), "--net", "fmnist", "--batch", "2", "--quiet", "--device", "cpu"]
+            str(tmp_path / "ref.npz"), "--net", "fmnist", "--batch", "2", "--no-progress", "--device", "cpu"]
     assert main([*args, "--json", str(tmp_path / "one.json")]) == 0
     _torchrun([*args, "--json", str(tmp_path / "two.json")], 2, tmp_path)
     one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))

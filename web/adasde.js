@@ -2,7 +2,8 @@
 //
 // * "Distill AdaSDE Coefficients": draws the live loss curve and the per-step coefficients on the node while it trains,
 //   from the "adasde.distill.progress" events the node sends (PromptServer.send_sync), and the final result.
-// * "FID Evaluate": shows the metric value and image count on the node after it ran.
+// * "FID Evaluate": shows the metric value and image count in its own row on the node after it ran.
+// * A finished distillation refreshes the node lists (what pressing R does), so the new file is listed at once.
 // * "adasde.warning" events (e.g. the KSampler "adasde" entry fell back to untrained coefficients) become a toast.
 //
 // The file may be served twice (pyproject [tool.comfy] web + WEB_DIRECTORY under another folder name); the window flag
@@ -12,7 +13,8 @@ import { api } from "../../scripts/api.js";
 
 const DISTILL = "AdaSDEDistill";
 const FID = "AdaSDEFIDEvaluate";
-const CHART_H = 190;
+const CHART_H = 240;
+const FID_ROW_H = 30;
 export const LOSS_COLOR = "#ff40a0"; // distinctive: the headless browser test looks for these pixels
 const COEFF_COLORS = { r: "#40c0ff", a: "#ffb000", c: "#60e060", gamma: "#ff5050", w: "#c080ff" };
 
@@ -33,50 +35,111 @@ function polyline(ctx, pts, color, width) {
   ctx.stroke();
 }
 
-function scale(values, y0, h) {
+function range(values) {
   let lo = Math.min(...values);
   let hi = Math.max(...values);
   if (!(hi > lo)) {
     hi = lo + 1;
     lo -= 1;
   }
-  return (v) => y0 + h - ((v - lo) / (hi - lo)) * h;
+  return [lo, hi];
 }
 
-function drawChart(ctx, data, w, top) {
-  const pad = 10;
-  const boxW = (w - 3 * pad) / 2;
-  const boxH = CHART_H - 2 * pad - 14;
-  ctx.save();
+function fmt(v) {
+  const a = Math.abs(v);
+  if (a !== 0 && (a < 1e-3 || a >= 1e4)) return v.toExponential(1);
+  return Number(v.toPrecision(3)).toString();
+}
+
+// One plot box: frame, y-axis values at the top and bottom, x-axis values at both ends, a title under the box.
+function box(ctx, x, y, w, h, yLabels, xLabels, title) {
   ctx.fillStyle = "#151515";
-  ctx.fillRect(pad, top + pad, boxW, boxH);
-  ctx.fillRect(2 * pad + boxW, top + pad, boxW, boxH);
-  ctx.font = "11px sans-serif";
+  ctx.fillRect(x, y, w, h);
+  ctx.strokeStyle = "#444";
+  ctx.lineWidth = 1;
+  ctx.strokeRect(x + 0.5, y + 0.5, w - 1, h - 1);
+  ctx.fillStyle = "#aaa";
+  ctx.font = "10px sans-serif";
+  ctx.textAlign = "right";
+  ctx.fillText(yLabels[0], x - 3, y + 9);
+  ctx.fillText(yLabels[1], x - 3, y + h);
+  ctx.textAlign = "left";
+  ctx.fillText(xLabels[0], x, y + h + 11);
+  ctx.textAlign = "right";
+  ctx.fillText(xLabels[1], x + w, y + h + 11);
+  ctx.textAlign = "center";
   ctx.fillStyle = "#ddd";
-  const losses = (data.losses || []).filter((v) => Number.isFinite(v) && v > 0).map((v) => Math.log10(v));
+  ctx.font = "11px sans-serif";
+  ctx.fillText(title, x + w / 2, y + h + 24);
+  ctx.textAlign = "left";
+}
+
+export function drawChart(ctx, data, w, top) {
+  const left = 44; // room for the y-axis values
+  const gap = 52;
+  const boxW = Math.max((w - left - gap - 10) / 2, 40);
+  const boxY = top + 8;
+  const boxH = CHART_H - 62;
+  const x1 = left;
+  const x2 = left + boxW + gap;
+  ctx.save();
+  const losses = (data.losses || []).filter((v) => Number.isFinite(v) && v > 0);
+  const logs = losses.map((v) => Math.log10(v));
   const done = data.done ?? 0;
   const total = data.total ?? 0;
-  const last = data.losses && data.losses.length ? data.losses[data.losses.length - 1] : null;
+  const last = losses.length ? losses[losses.length - 1] : null;
   const head = data.finished ? "done" : `${done}/${total}`;
-  ctx.fillText(`loss ${last !== null ? last.toPrecision(4) : "-"} (${head})`, pad, top + CHART_H - 4);
-  ctx.fillText("coefficients per step", 2 * pad + boxW, top + CHART_H - 4);
-  if (losses.length) {
-    const sy = scale(losses, top + pad + 4, boxH - 8);
-    const n = Math.max(losses.length - 1, 1);
-    polyline(ctx, losses.map((v, i) => [pad + 4 + ((boxW - 8) * i) / n, sy(v)]), LOSS_COLOR, 3);
+  const [llo, lhi] = logs.length ? range(logs) : [0, 1];
+  box(ctx, x1, boxY, boxW, boxH, logs.length ? [fmt(10 ** lhi), fmt(10 ** llo)] : ["", ""],
+    ["1", logs.length ? String(logs.length) : ""],
+    `loss ${last !== null ? last.toPrecision(4) : "-"} (${head}), log scale; x: iteration`);
+  if (logs.length) {
+    const n = Math.max(logs.length - 1, 1);
+    const sy = (v) => boxY + 4 + (boxH - 8) * (1 - (v - llo) / (lhi - llo));
+    polyline(ctx, logs.map((v, i) => [x1 + 4 + ((boxW - 8) * i) / n, sy(v)]), LOSS_COLOR, 3);
   }
   const coeffs = data.coeffs || {};
   const series = Object.entries(coeffs).map(([k, rows]) => [k, rows.map((r) => r.reduce((a, b) => a + b, 0) / r.length)]);
   const all = series.flatMap(([, v]) => v);
+  const steps = series.length ? Math.max(...series.map(([, v]) => v.length)) : 0;
+  const [clo, chi] = all.length ? range(all) : [0, 1];
+  box(ctx, x2, boxY, boxW, boxH, all.length ? [fmt(chi), fmt(clo)] : ["", ""],
+    ["0", steps ? String(steps - 1) : ""], "coefficients (mean over K); x: step");
   if (all.length) {
-    const sy = scale(all, top + pad + 4, boxH - 8);
-    const x0 = 2 * pad + boxW + 4;
+    const sy = (v) => boxY + 4 + (boxH - 8) * (1 - (v - clo) / (chi - clo));
     for (const [k, v] of series) {
       const n = Math.max(v.length - 1, 1);
-      polyline(ctx, v.map((y, i) => [x0 + ((boxW - 8) * i) / n, sy(y)]), COEFF_COLORS[k] || "#fff", 2);
+      polyline(ctx, v.map((y, i) => [x2 + 4 + ((boxW - 8) * i) / n, sy(y)]), COEFF_COLORS[k] || "#fff", 2);
     }
   }
+  // legend: one swatch per series, on its own row under the boxes
+  ctx.font = "11px sans-serif";
+  let lx = x1;
+  const ly = top + CHART_H - 10;
+  const entries = [["loss", LOSS_COLOR], ...Object.keys(COEFF_COLORS).map((k) => [k, COEFF_COLORS[k]])];
+  for (const [name, color] of entries) {
+    ctx.fillStyle = color;
+    ctx.fillRect(lx, ly - 8, 14, 4);
+    ctx.fillStyle = "#ddd";
+    ctx.fillText(name, lx + 18, ly - 3);
+    lx += 26 + ctx.measureText(name).width;
+  }
   ctx.restore();
+}
+
+// After a distillation wrote a new coefficient file: refresh the combo lists (what pressing R does).
+export async function refreshLists() {
+  try {
+    const cmd = app.extensionManager?.command;
+    if (cmd?.execute) {
+      await cmd.execute("Comfy.RefreshNodeDefinitions");
+    } else {
+      await app.refreshComboInNodes?.();
+    }
+    state.refreshes = (state.refreshes || 0) + 1;
+  } catch (e) {
+    console.warn("AdaSDE: could not refresh the node lists", e);
+  }
 }
 
 function onProgress(event) {
@@ -86,6 +149,10 @@ function onProgress(event) {
   const node = nodeById(d.node);
   if (!node) return;
   node.__adasdeDistill = d;
+  if (d.finished && !node.__adasdeRefreshed) {
+    node.__adasdeRefreshed = true;
+    refreshLists();
+  }
   node.setDirtyCanvas?.(true, true);
   app.graph?.setDirtyCanvas?.(true, true);
 }
@@ -128,7 +195,7 @@ if (!window.__adasdeRegistered) {
               drawChart(ctx, node.__adasdeDistill || { losses: [], coeffs: {} }, width, y);
             },
           });
-          this.size = [Math.max(this.size[0], 460), Math.max(this.size[1], this.computeSize()[1] + 40)];
+          this.size = [Math.max(this.size[0], 480), Math.max(this.size[1], this.computeSize()[1] + 40)];
           return r;
         };
         const executed = nodeType.prototype.onExecuted;
@@ -136,6 +203,8 @@ if (!window.__adasdeRegistered) {
           executed?.apply(this, arguments);
           const s = message?.adasde_distill?.[0];
           if (s) this.__adasdeDistill = { ...s, finished: true, done: s.losses?.length, total: s.losses?.length };
+          if (s && !this.__adasdeRefreshed) refreshLists();
+          this.__adasdeRefreshed = false; // the next run refreshes again
           this.setDirtyCanvas?.(true, true);
         };
       }
@@ -146,17 +215,32 @@ if (!window.__adasdeRegistered) {
           this.__adasdeFid = message?.adasde_fid?.[0] || null;
           this.setDirtyCanvas?.(true, true);
         };
-        const draw = nodeType.prototype.onDrawForeground;
-        nodeType.prototype.onDrawForeground = function (ctx) {
-          draw?.apply(this, arguments);
-          const r = this.__adasdeFid;
-          if (!r || this.flags?.collapsed) return;
-          ctx.save();
-          ctx.font = "bold 14px sans-serif";
-          ctx.fillStyle = "#9fe09f";
-          const v = Number.isFinite(r.value) ? r.value.toFixed(3) : "n/a";
-          ctx.fillText(`${r.metric} ${v}  (${r.num_images} images)`, 10, this.size[1] - 8);
-          ctx.restore();
+        const created = nodeType.prototype.onNodeCreated;
+        nodeType.prototype.onNodeCreated = function () {
+          const r = created?.apply(this, arguments);
+          // the value gets its own widget row (drawn over the node body it was half hidden under 'reset')
+          const node = this;
+          this.addCustomWidget({
+            name: "adasde_fid_value",
+            type: "adasde_fid_value",
+            value: null,
+            serialize: false,
+            options: { serialize: false },
+            serializeValue: () => undefined,
+            computeSize: (width) => [width, FID_ROW_H],
+            draw(ctx, _node, width, y) {
+              const res = node.__adasdeFid;
+              ctx.save();
+              ctx.font = "bold 14px sans-serif";
+              ctx.fillStyle = res ? "#9fe09f" : "#888";
+              const v = res && Number.isFinite(res.value) ? res.value.toFixed(3) : "n/a";
+              const text = res ? `${res.metric} ${v}  (${res.num_images} images)` : "FID: run the node";
+              ctx.fillText(text, 15, y + FID_ROW_H / 2 + 5, width - 30);
+              ctx.restore();
+            },
+          });
+          this.size = [Math.max(this.size[0], 320), Math.max(this.size[1], this.computeSize()[1])];
+          return r;
         };
       }
     },
