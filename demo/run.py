@@ -27,6 +27,8 @@ from ..errors import AdasdeError
 from . import report
 
 DEMO_SOLVERS = ("adasde", "amed", "ipndm", "dpmpp_3m", "unipc", "euler")
+SAME_NOISE_SEEDS = 6  # columns of the same-noise comparison
+REFERENCE_NFE = 35  # the model's converged result (Heun), the reference row
 LEARNED = ("adasde", "amed")
 
 
@@ -172,19 +174,33 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
             plan.append((name, k, cfg.samples if k == cfg.nfe else cfg.chart_samples))
     total = sum(n for _, _, n in plan)
     grids: dict[str, Path] = {}
+    same: dict[str, torch.Tensor] = {}
+    first = cfg.seed * 1_000_000
     with tqdm(total=total, desc="sampling + FD-FMNIST", unit="img", disable=not cfg.progress) as bar:
         for name, k, n in plan:
-            seeds = list(range(cfg.seed * 1_000_000, cfg.seed * 1_000_000 + n))
+            seeds = list(range(first, first + n))
             ts = time.perf_counter()
             imgs = _generate(model, name, k, seeds, coeffs.get((name, k)), cfg.batch, bar)
             dt = time.perf_counter() - ts
             fd = scorer(imgs)
-            res.rows.append({"solver": name, "nfe": k, "fd_fmnist": fd, "n": n,
-                             "trained": name in LEARNED, "ms_per_image": 1000 * dt / n})
+            row = {"solver": name, "nfe": k, "fd_fmnist": fd, "n": n, "trained": name in LEARNED,
+                   "ms_per_image": 1000 * dt / n}
             if k == cfg.nfe:
                 grids[name] = report.save_grid(imgs[:64], out / f"grid-{name}-nfe{k}.png")
+                same[name] = imgs[:SAME_NOISE_SEEDS]
+                row["chart"] = _chart_point(scorer, imgs, cfg.chart_samples)
+            res.rows.append(row)
     res.timings["sample"] = time.perf_counter() - t
-    res.report = _write_report(cfg, res, coeffs, grids)
+    same_html = None
+    if same:
+        seeds = list(range(first, first + min(SAME_NOISE_SEEDS, cfg.samples)))
+        ref = _generate(model, "heun", REFERENCE_NFE, seeds, None, cfg.batch, None)
+        notes = {n: ("distilled in this run" if (n, cfg.nfe) == ("adasde", cfg.nfe) and not cfg.quick else
+                     "shipped coefficients" if n in LEARNED else "training-free") for n in same}
+        same_html = report.same_noise_rows(same, ref, out, seeds=seeds, notes=notes,
+                                           reference_label=f"converged model (Heun, {REFERENCE_NFE} NFE)",
+                                           crop=(8, 8, 12, 12))
+    res.report = _write_report(cfg, res, coeffs, grids, same_noise=same_html)
     results = {"nfe": cfg.nfe, "chart_nfes": nfes, "samples": cfg.samples, "chart_samples": cfg.chart_samples,
                "quick": cfg.quick, "seed": cfg.seed, "rows": res.rows, "timings": res.timings,
                "skipped": res.skipped, "coefficients": res.coefficients.name if res.coefficients else None}
@@ -192,6 +208,14 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     tmp.write_text(json.dumps(results, indent=2, allow_nan=True))
     tmp.replace(out / "results.json")
     return res
+
+
+def _chart_point(scorer: FDScorer, imgs: torch.Tensor, n: int) -> dict[str, float]:
+    """The headline run scored on the chart's sample size: FD-FMNIST of the first ``n`` images, and the spread
+    (standard deviation) over the disjoint seed blocks of ``n`` images the run holds."""
+    blocks = [scorer(imgs[i: i + n]) for i in range(0, imgs.shape[0] - n + 1, n)]
+    err = float(torch.tensor(blocks).std()) if len(blocks) > 1 else 0.0
+    return {"n": n, "fd_fmnist": blocks[0], "fd_err": err, "blocks": len(blocks)}
 
 
 def _env_var() -> str:
