@@ -213,6 +213,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
 def _chart_point(scorer: FDScorer, imgs: torch.Tensor, n: int) -> dict[str, float]:
     """The headline run scored on the chart's sample size: FD-FMNIST of the first ``n`` images, and the spread
     (standard deviation) over the disjoint seed blocks of ``n`` images the run holds."""
+    n = min(n, imgs.shape[0])
     blocks = [scorer(imgs[i: i + n]) for i in range(0, imgs.shape[0] - n + 1, n)]
     err = float(torch.tensor(blocks).std()) if len(blocks) > 1 else 0.0
     return {"n": n, "fd_fmnist": blocks[0], "fd_err": err, "blocks": len(blocks)}

@@ -225,8 +225,13 @@ def test_report_html(demo: DemoRun) -> None:
     text = (demo.out / "report.html").read_text(encoding="utf-8")
     assert not re.search(r"https?://|<script|<link|url\(", text, re.I)  # offline, self-contained
     srcs = re.findall(r'<img[^>]* src="([^"]+)"', text)
-    assert sorted(srcs) == sorted(f"grid-{s}-nfe{NFE}.png" for s in DEMO_SOLVERS)
+    grids = sorted(f"grid-{s}-nfe{NFE}.png" for s in DEMO_SOLVERS)
+    rows = len(DEMO_SOLVERS) + 1  # the same-noise comparison: the converged reference, then one row per solver
+    same = sorted([f"same-noise-{k}.png" for k in range(rows)] + [f"same-noise-{k}-zoom.png" for k in range(rows)])
+    assert sorted(srcs) == sorted(grids + same)
     assert all((demo.out / s).is_file() for s in srcs)
+    assert "converged model (Heun, 35 NFE)" in text
+    assert all(f'data-name="{s}"' in text for s in DEMO_SOLVERS)
     assert text.count("<svg") == 2 and 'id="chart"' in text and 'id="coefficients"' in text
     assert text.count("<polyline") == len(TRAINING_FREE) + 4
     table = text[text.index("<table>"): text.index("</table>")]
