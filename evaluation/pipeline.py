@@ -28,7 +28,15 @@ from tqdm.auto import tqdm
 from .features import FeatureNet, load_feature_net, to_uint8
 from .images import iter_batches, iter_images, save_png
 from .metrics import fid_from_stats, kid, precision_recall
-from .reference import RefStats, check_feature_net, load_stats, save_stats, sha256_file
+from .reference import (
+    RefStats,
+    StatsFileError,
+    check_feature_net,
+    check_stats_dest,
+    load_stats,
+    save_stats,
+    sha256_file,
+)
 from .stats import RunningStats, _atomic_savez
 
 log = logging.getLogger("adasde")
@@ -192,6 +200,7 @@ def compute_reference(
     An existing statistics ``.npz`` (``mu``/``sigma``) as ``data`` is re-saved in ``layout`` with our metadata (its
     feature network is taken from the file or from ``net``).
     """
+    check_stats_dest(dest)
     rank, _ = dist_info()
     if str(data).endswith(".npz") and Path(data).is_file():
         with np.load(data, allow_pickle=False) as z:
@@ -245,7 +254,7 @@ def score_images(
         check_feature_net(ref_stats, _net_name(net))
     fnet = load_feature_net(net, device=device, weights=weights, allow_download=allow_download)
     if ref_stats is not None:
-        check_feature_net(ref_stats, fnet.name, dim=fnet.dim)
+        check_feature_net(ref_stats, fnet.name, dim=fnet.dim, weights_sha256=fnet.info.get("weights_sha256"))
     keep = max_features if kid_pr else 0
     rs, feats, skipped = stats_of_source(images, fnet, batch=batch, on_error=on_error, keep_features=keep,
                                          max_images=max_images, progress=progress)
@@ -380,7 +389,7 @@ def sample_and_score(
     net = net or ref_stats.feature_net or "inception"
     check_feature_net(ref_stats, _net_name(net))
     fnet = load_feature_net(net, device=dev, weights=weights, allow_download=allow_download)
-    check_feature_net(ref_stats, fnet.name, dim=fnet.dim)
+    check_feature_net(ref_stats, fnet.name, dim=fnet.dim, weights_sha256=fnet.info.get("weights_sha256"))
     den = load_model(model, device=dev, **(model_kwargs or {}))
     fn, sigmas, options, proto = sampler_setup(den, sampler, coeffs=coeffs, nfe=nfe, steps=steps,
                                                schedule=schedule, rho=rho)
@@ -456,10 +465,18 @@ def fd_fmnist_reference(split: str = "test", device: str | torch.device | None =
     from ..builtin import classifier as clf
 
     shipped = Path(clf.STATS_DIR) / f"fmnist_{split}.npz"
-    if shipped.is_file():
-        return load_stats(shipped, feature_net=clf.FEATURE_NET)
     weights = Path(clf.DEFAULT_CLASSIFIER)
-    tag = sha256_file(weights)[:12] if weights.is_file() else "missing"
+    sha = sha256_file(weights) if weights.is_file() else None
+    if shipped.is_file():
+        ref = load_stats(shipped, feature_net=clf.FEATURE_NET)
+        recorded = ref.meta.get("classifier_sha256")
+        if sha and recorded and recorded != sha:
+            raise StatsFileError(
+                f"{shipped}: computed with the classifier of sha256 {recorded[:12]}... but {weights} has "
+                f"{sha[:12]}... (retrained?); FD-FMNIST values would not be comparable. Restore the shipped "
+                f"classifier (reinstall adasde) or rebuild the statistics with `adasde train-builtin --model stats`")
+        return ref
+    tag = sha[:12] if sha else "missing"
     cached = _cache_dir() / "stats" / f"fmnist-classifier-{tag}-{split}.npz"
     if cached.is_file():
         return load_stats(cached, feature_net=clf.FEATURE_NET)

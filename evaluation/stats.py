@@ -27,17 +27,9 @@ STATE_FORMAT = "adasde-running-stats/1"
 
 def _atomic_savez(path: str | os.PathLike, compressed: bool = False, **arrays: Any) -> Path:
     """``np.savez`` to ``path`` through a temporary file and ``os.replace`` (no half-written files)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            (np.savez_compressed if compressed else np.savez)(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    from ..fileio import atomic_save
+
+    return atomic_save(path, lambda f: (np.savez_compressed if compressed else np.savez)(f, **arrays))
 
 
 class RunningStats:
