@@ -114,13 +114,10 @@ def _net_meta(net: FeatureNet) -> dict[str, Any]:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Atomic JSON write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    """Atomic JSON write (:func:`fileio.atomic_write_text`)."""
+    from ..fileio import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 # --------------------------------------------------------------------------------------------- image sources
