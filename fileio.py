@@ -1,4 +1,5 @@
-"""Atomic, permission-correct, lockable output files: the one way adasde writes a file (docs/ARCHITECTURE.md, "Errors").
+"""Atomic, permission-correct, lockable output files: the one way adasde writes a file (docs/ARCHITECTURE.md,
+"Output files").
 
 Every output is written to a unique temporary file in the target's folder (``.<name>.<random>.<pid>.adasde-tmp``),
 flushed, given the mode a plain ``open()`` would give (``0o666 & ~umask``; ``mkstemp`` alone gives 0600, which a

@@ -95,8 +95,10 @@ _MAX_ARRAY_BYTES = 1 << 29  # 512 MiB: a 2048-d float64 covariance is 32 MiB; an
 PSD_TOL = 1e-6  # relative tolerance of the symmetry / positive-semi-definiteness check
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    """``mu``, ``sigma`` and ``adasde_meta`` of an ``.npz``, each size-checked before it is allocated; never unpickles.
+def read_npz(path: Path, keys: tuple[str, ...] = ("mu", "sigma", META_KEY),
+             required: tuple[str, ...] = ("mu", "sigma")) -> dict[str, np.ndarray]:
+    """``keys`` of an ``.npz`` (default ``mu``, ``sigma``, ``adasde_meta``), each size-checked before it is
+    allocated; never unpickles.
 
     Any malformed input (not a zip, a broken member, a lying ``.npy`` header, object arrays) raises
     :class:`StatsFileError` with one line.
@@ -109,11 +111,11 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with zipfile.ZipFile(path) as zf:
             members = {n[:-4]: n for n in zf.namelist() if n.endswith(".npy")}
-            missing = {"mu", "sigma"} - set(members)
+            missing = set(required) - set(members)
             if missing:
-                raise StatsFileError(f"{path}: missing key(s) {sorted(missing)}; a reference .npz needs 'mu' and "
-                                     f"'sigma' (has {sorted(members)[:10]})")
-            for key in ("mu", "sigma", META_KEY):
+                raise StatsFileError(f"{path}: missing key(s) {sorted(missing)}; the .npz needs "
+                                     f"{', '.join(map(repr, required))} (has {sorted(members)[:10]})")
+            for key in keys:
                 if key not in members:
                     continue
                 with zf.open(members[key]) as f:
@@ -169,7 +171,7 @@ def load_stats(path: str | os.PathLike, feature_net: str | None = None) -> RefSt
     if not path.is_file():
         raise StatsFileError(f"{path}: reference statistics file not found; create it with "
                              f"`adasde fid ref --data DIR --dest {path}`")
-    z = _read_npz(path)
+    z = read_npz(path)
     mu, sigma = z["mu"], z["sigma"]
     meta: Any = {}
     if META_KEY in z:

@@ -142,3 +142,31 @@ def _mutate_member(data: bytes, rng: random.Random) -> bytes:
                 raw = b"\x93NUMPY\x01\x00" + len(hdr).to_bytes(2, "little") + hdr.encode() + body
             dst.writestr(name, raw)
     return out.getvalue()
+
+
+def test_fuzz_running_stats_state_reader(tmp_path):
+    """The resumable accumulator state (``RunningStats.load``) ends in StatsFileError on any corruption too."""
+    from adasde.evaluation.stats import RunningStats
+
+    rs = RunningStats(6, meta={"feature_net": "x"}).update(np.random.default_rng(0).normal(size=(20, 6)))
+    base = rs.save(tmp_path / "s.state").read_bytes()
+    assert RunningStats.load(tmp_path / "s.state").n == 20
+    rng = random.Random(5)
+    p = tmp_path / "f.state"
+    for i in range(300):
+        data = bytearray(base)
+        if i % 3 == 0:
+            data = data[:rng.randrange(len(data))]
+        elif i % 3 == 1:
+            for _ in range(rng.randint(1, 6)):
+                j = rng.randrange(len(data))
+                data[j] ^= 1 << rng.randrange(8)
+        else:
+            data = bytearray(_mutate_member(bytes(data), rng))
+        p.write_bytes(bytes(data))
+        try:
+            RunningStats.load(p)
+        except StatsFileError as exc:
+            assert "\n" not in str(exc) and str(p) in str(exc), str(exc)
+        except Exception as exc:  # noqa: BLE001 - the point of the test
+            pytest.fail(f"case {i}: {type(exc).__name__}: {exc}")
