@@ -172,6 +172,8 @@ def _check_meta_types(p: Any, meta: dict[str, Any]) -> None:
 def _open_checked(path: str | os.PathLike) -> tuple[Path, Any, int]:
     p = Path(path)
     try:
+        if p.exists() and not p.is_file():  # a folder, FIFO or device: opening a FIFO would block
+            raise _err(p, "not a regular file", "pass a .safetensors coefficient file")
         f = open(p, "rb")  # noqa: SIM115 - closed by the callers
     except FileNotFoundError:
         raise _err(p, "no such file", "check the path, or put coefficient files in one of the searched folders") \

@@ -136,6 +136,16 @@ def test_absurd_finite_coefficients_are_refused(tmp_path, field, value):
         load(p)
 
 
+def test_special_files_are_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    for reader in (cio.read_header, load):
+        with pytest.raises(CoefficientFileError, match="not a regular file"):
+            reader(fifo)
+        with pytest.raises(CoefficientFileError, match="not a regular file"):
+            reader(tmp_path)
+
+
 def test_outputs_follow_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
