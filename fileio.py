@@ -81,6 +81,30 @@ def clean_stale_temps(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
+_CLEANED: tuple[int, set[str]] = (-1, set())
+
+
+def _clean_folder_once(folder: Path) -> None:
+    """Remove the stale temporary files of dead writers in ``folder``, once per process and folder (a folder of
+    many thousand images is listed once, not once per image)."""
+    global _CLEANED
+    if _CLEANED[0] != os.getpid():  # a forked child starts its own record
+        _CLEANED = (os.getpid(), set())
+    key = os.path.abspath(folder)
+    if key in _CLEANED[1]:
+        return
+    _CLEANED[1].add(key)
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for e in entries:
+        m = _TEMP_RE.match(e.name)
+        if m is not None and not _pid_alive(int(m.group("pid"))):
+            with contextlib.suppress(OSError):
+                os.unlink(e.path)
+
+
 def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
     """Raise :class:`InputFileError` unless ``path`` can be written atomically (before any work starts).
 
@@ -108,22 +132,24 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike, mode: int | None = None) -> Iterator[IO[bytes]]:
+def atomic_writer(path: str | os.PathLike, mode: int | None = None, fsync: bool = True) -> Iterator[IO[bytes]]:
     """Context manager yielding a binary file; on a clean exit it becomes ``path`` atomically, else it is removed.
 
-    ``mode``: permission bits of the result (default ``0o666 & ~umask``).  Stale temporary files of the same target
-    from dead writers are removed first.
+    ``mode``: permission bits of the result (default ``0o666 & ~umask``).  ``fsync``: flush the data to disk before
+    the rename (survives a power loss, not only a killed process); off for bulk outputs such as sample images.
+    Stale temporary files of dead writers in the target's folder are removed first (once per process and folder).
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temps(p)
+    _clean_folder_once(p.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=f".{os.getpid()}{TEMP_SUFFIX}", dir=p.parent)
     ok = False
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.chmod(tmp, default_mode() if mode is None else mode)
         os.replace(tmp, p)
         ok = True
@@ -145,10 +171,11 @@ def atomic_write_text(path: str | os.PathLike, text: str, mode: int | None = Non
     return atomic_write_bytes(path, text.encode("utf-8"), mode)
 
 
-def atomic_save(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], mode: int | None = None) -> Path:
+def atomic_save(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], mode: int | None = None,
+                fsync: bool = True) -> Path:
     """Call ``write(file)`` (e.g. ``lambda f: np.savez(f, ...)`` or ``lambda f: torch.save(obj, f)``) into a
     temporary file and move it to ``path`` atomically; returns the path."""
-    with atomic_writer(path, mode) as f:
+    with atomic_writer(path, mode, fsync) as f:
         write(f)
     return Path(path)
 

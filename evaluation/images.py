@@ -142,4 +142,4 @@ def save_png(image: torch.Tensor, path: str | os.PathLike) -> None:
     arr = arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
     from ..fileio import atomic_save
 
-    atomic_save(path, lambda f: Image.fromarray(arr).save(f, format="PNG"))
+    atomic_save(path, lambda f: Image.fromarray(arr).save(f, format="PNG"), fsync=False)
