@@ -188,12 +188,10 @@ def feature_stats(feats: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 def write_stats_npz(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, meta: dict[str, Any]) -> None:
     """Atomic ``.npz`` with ``mu``, ``sigma`` (float64) and ``adasde_meta`` (0-d unicode array holding JSON)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-    np.savez(tmp, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64),
-             adasde_meta=np.array(json.dumps(meta, sort_keys=True)))
-    os.replace(tmp, path)
+    from ..fileio import atomic_save
+
+    atomic_save(path, lambda f: np.savez(f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64),
+                                         adasde_meta=np.array(json.dumps(meta, sort_keys=True))))
 
 
 def write_reference_stats(classifier_path: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,

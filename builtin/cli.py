@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 
@@ -27,7 +28,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--flip", action="store_true", help="random horizontal flips (unet)")
     p.add_argument("--no-bf16", action="store_true", help="train in float32 instead of bfloat16 autocast (unet)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--out", default=None, help="output weights (default: the package's builtin/weights/...)")
+    p.add_argument("--out", default=None, help="output weights file (stats: output folder); required unless "
+                   "--overwrite-shipped")
+    p.add_argument("--overwrite-shipped", action="store_true",
+                   help="allow writing the package's own builtin/weights/... or builtin/stats/ (the shipped files)")
     p.add_argument("--checkpoint", default=None, help="resumable checkpoint path (unet)")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
@@ -38,47 +42,63 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_run)
 
 
-def _run(args: argparse.Namespace) -> int:
-    if args.model == "unet":
-        from .train import DEFAULT_WEIGHTS, TrainConfig, train
+def _target(args: argparse.Namespace, shipped: Path, what: str) -> Path:
+    """The output path, validated before any work: never one of the package's shipped files unless
+    ``--overwrite-shipped`` was given (FD-FMNIST statistics and coefficient files depend on them)."""
+    from ..errors import UsageError
+    from ..fileio import check_writable
 
+    out = Path(args.out) if args.out else shipped
+    if out.resolve() == shipped.resolve() and not args.overwrite_shipped:
+        raise UsageError(f"train-builtin would overwrite the shipped {what} {shipped}; pass --out PATH for a new file, "
+                         f"or --overwrite-shipped to replace the package's own")
+    if what == "statistics folder":
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"train-builtin --model stats: --out {out} must be a folder")
+        for name in ("fmnist_train.npz", "fmnist_test.npz"):
+            check_writable(out / name, "--out")
+        return out
+    return check_writable(out, "--out")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import classifier as clf
+    from . import train as tr
+
+    if args.model == "unet":
         if args.steps is None and args.minutes is None:
             raise SystemExit("train-builtin: give --steps N and/or --minutes M")
-        cfg = TrainConfig(
+        out = _target(args, tr.DEFAULT_WEIGHTS, "U-Net weights")
+        cfg = tr.TrainConfig(
             seed=args.seed, steps=args.steps, minutes=args.minutes, flip=args.flip, bf16=not args.no_bf16,
             threads=args.threads, checkpoint=args.checkpoint, checkpoint_minutes=args.checkpoint_minutes,
-            resume=args.resume, out=args.out or str(DEFAULT_WEIGHTS), preview=args.preview,
+            resume=args.resume, out=str(out), preview=args.preview,
             arch=json.loads(args.arch) if args.arch else {}, progress=not args.no_progress,
         )
         if args.batch:
             cfg.batch = args.batch
         if args.lr:
             cfg.lr = args.lr
-        _, summary = train(cfg)
+        _, summary = tr.train(cfg)
         print(json.dumps({k: summary[k] for k in ("steps", "kimg", "train_seconds", "final_loss_avg100")}))
         print(f"wrote {cfg.out}")
         return 0
     if args.model == "export":
-        from .train import DEFAULT_WEIGHTS, export_checkpoint
-
+        out = _target(args, tr.DEFAULT_WEIGHTS, "U-Net weights")
         if not args.checkpoint:
             raise SystemExit("train-builtin --model export needs --checkpoint PATH")
-        out = args.out or str(DEFAULT_WEIGHTS)
-        summary = export_checkpoint(args.checkpoint, out)
+        summary = tr.export_checkpoint(args.checkpoint, out)
         print(json.dumps({k: summary[k] for k in ("steps", "kimg", "train_seconds", "final_loss_avg100")}))
         print(f"wrote {out}")
         return 0
     if args.model == "classifier":
-        from .classifier import DEFAULT_CLASSIFIER, train_classifier
-
-        out = args.out or str(DEFAULT_CLASSIFIER)
-        summary = train_classifier(out=out, seed=args.seed, epochs=args.epochs or 4.0, batch=args.batch or 128,
-                                   lr=args.lr or 2e-3, threads=args.threads, progress=not args.no_progress)
+        out = _target(args, clf.DEFAULT_CLASSIFIER, "FD-FMNIST classifier")
+        summary = clf.train_classifier(out=out, seed=args.seed, epochs=args.epochs or 4.0, batch=args.batch or 128,
+                                       lr=args.lr or 2e-3, threads=args.threads, progress=not args.no_progress)
         print(json.dumps(summary))
         print(f"wrote {out}")
         return 0
-    from .classifier import write_reference_stats
-
-    for path in write_reference_stats(progress=not args.no_progress):
+    out = _target(args, clf.STATS_DIR, "statistics folder")
+    for path in clf.write_reference_stats(out_dir=out, progress=not args.no_progress):
         print(f"wrote {path}")
     return 0

@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm import tqdm
 
 from .unet import FMNISTDenoiser, UNetConfig, count_params
@@ -68,13 +67,12 @@ class TrainConfig:
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    from safetensors.torch import save as save_bytes
+
+    from ..fileio import atomic_write_bytes
+
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta, sort_keys=True)})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, save_bytes(tensors, metadata={META_KEY: json.dumps(meta, sort_keys=True)}))
 
 
 def _read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -254,11 +252,9 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8) -> N
     for k in range(n):
         r, c = divmod(k, nrow)
         grid[r * (h + 2) + 1:r * (h + 2) + 1 + h, c * (w + 2) + 1:c * (w + 2) + 1 + w] = x[k]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}.png")
-    Image.fromarray(grid.numpy()).save(tmp)
-    os.replace(tmp, path)
+    from ..fileio import atomic_save
+
+    atomic_save(path, lambda f: Image.fromarray(grid.numpy()).save(f, format="PNG"))
 
 
 def train(cfg: TrainConfig, data: torch.Tensor | None = None) -> tuple[FMNISTDenoiser, dict[str, Any]]:

@@ -12,14 +12,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import AdasdeError
+from ..fileio import atomic_write_bytes
 from ..samplers.schedules import SCHEDULES
 from .record import BASES, FORMAT_VERSION, KINDS, PREDICTIONS, Coefficients, ModelIdentity
 
@@ -28,6 +29,11 @@ TABLES = ("r", "a", "c", "gamma", "w")
 PREFIX = "predictor."
 SCHEDULE_NAMES = (*SCHEDULES, "custom")  # "custom": a grid that came from no named schedule (host sigmas)
 SIMPLEX_TOL = 1e-4
+# Accepted ranges of the effective coefficients (docs/ALGORITHMS.md sections 3.1 and 3.7): r in (0, 1); a and c in
+# (1 - s, 1 + s) with s = min(scale, 0.99), so within (0, 2); gamma in [0, gamma_max] with gamma_max <= 1.  Learned
+# values lie far inside (a 0.8-1.12, c 0.99-1.03, gamma <= 1e-3); the bounds are the parameterisation's, generous.
+SCALE_MAX = 2.0
+GAMMA_MAX = 1.0
 _MAX_HEADER = 64 * 1024 * 1024
 
 
@@ -35,64 +41,175 @@ class CoefficientFileError(AdasdeError, ValueError):
     """A coefficient file is missing, unreadable or invalid; the message names the file, the value and the fix."""
 
 
+class CheckpointFileError(CoefficientFileError):
+    """The file is a distillation checkpoint (``adasde distill`` writes it beside ``--out``), not coefficients."""
+
+
+CHECKPOINT_KEY = "adasde_checkpoint"  # header metadata key of distill/checkpoint.py
+
+
 def _err(path: Any, what: str, fix: str) -> CoefficientFileError:
     return CoefficientFileError(f"coefficient file {path}: {what}. Fix: {fix}")
 
 
 # ------------------------------------------------------------------------------------------------------- header
-def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(tensor table, parsed ``"adasde"`` metadata) of a coefficient file, reading only its header.
+_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+_MAX_FILE = 1 << 30  # coefficient files are kilobytes (an AMED predictor: a few MB); anything larger is not ours
+_REGEN = "re-save it with adasde (coefficients.save / `adasde distill`) or download it again"
 
-    Checks that the file exists, is a safetensors file, is not truncated and carries our metadata with a known format
-    version.  Does not load tensor data.
+
+def _is_int(v: Any) -> bool:
+    return type(v) is int
+
+
+def _finite_number(v: Any) -> bool:
+    """A JSON number that converts to a finite float (huge JSON integers overflow float())."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
+
+
+def _parse_header(p: Path, f: Any, size: int) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """(tensor table, ``"adasde"`` metadata, header length) read from the open file ``f`` of ``size`` bytes.
+
+    Every field is type- and range-checked before use, so malformed input of any kind ends in
+    :class:`CoefficientFileError` (never another exception type) and nothing is allocated beyond the file size.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise _err(p, "no such file", "check the path, or put coefficient files in one of the searched folders")
-    size = p.stat().st_size
-    regen = "re-save it with adasde (coefficients.save / `adasde distill`) or download it again"
-    with open(p, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise _err(p, f"not a safetensors file ({size} bytes, no header)", regen)
-        (n,) = struct.unpack("<Q", head)
-        if n < 2 or n > _MAX_HEADER:
-            raise _err(p, f"not a safetensors file (header length {n})", regen)
-        if 8 + n > size:
-            raise _err(p, f"truncated file: header needs {8 + n} bytes but the file has {size}", regen)
-        raw = f.read(n)
+    head = f.read(8)
+    if len(head) < 8:
+        raise _err(p, f"not a safetensors file ({size} bytes, no header)", _REGEN)
+    (n,) = struct.unpack("<Q", head)
+    if n < 2 or n > _MAX_HEADER:
+        raise _err(p, f"not a safetensors file (header length {n})", _REGEN)
+    if 8 + n > size:
+        raise _err(p, f"truncated file: header needs {8 + n} bytes but the file has {size}", _REGEN)
+    raw = f.read(n)
+    if len(raw) != n:
+        raise _err(p, f"truncated file: header needs {8 + n} bytes but only {8 + len(raw)} could be read", _REGEN)
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _err(p, f"not a safetensors file (header is not JSON: {exc})", regen) from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0][:120]
+        raise _err(p, f"not a safetensors file (header is not JSON: {why})", _REGEN) from None
     if not isinstance(header, dict):
-        raise _err(p, "not a safetensors file (header is not a JSON object)", regen)
+        raise _err(p, "not a safetensors file (header is not a JSON object)", _REGEN)
     meta_all = header.pop("__metadata__", None) or {}
-    end = 0
+    spans = []
     for name, info in header.items():
-        if not (isinstance(info, dict) and isinstance(info.get("shape"), list) and isinstance(info.get("dtype"), str)
-                and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2):
-            raise _err(p, f"malformed safetensors entry for tensor {name!r}: {info!r}", regen)
-        end = max(end, int(info["data_offsets"][1]))
-    if 8 + n + end > size:
-        raise _err(p, f"truncated file: tensor data needs {8 + n + end} bytes but the file has {size}", regen)
+        ok = (isinstance(info, dict) and isinstance(info.get("shape"), list)
+              and isinstance(info.get("dtype"), str) and info["dtype"] in _DTYPES
+              and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2
+              and all(_is_int(v) and 0 <= v <= size for v in info["data_offsets"])
+              and all(_is_int(v) and 0 <= v <= size for v in info["shape"]) and len(info["shape"]) <= 8)
+        if ok:
+            lo, hi = info["data_offsets"]
+            ok = lo <= hi and hi - lo == math.prod(info["shape"]) * _DTYPES[info["dtype"]]
+        if not ok:
+            raise _err(p, f"malformed safetensors entry for tensor {str(name)[:80]!r}: {str(info)[:200]}", _REGEN)
+        spans.append((lo, hi))
+    end = 0
+    for lo, hi in sorted(spans):
+        if lo != end:
+            raise _err(p, f"malformed safetensors file: tensor data overlaps or has a gap at byte {lo}", _REGEN)
+        end = hi
+    if 8 + n + end != size:
+        what = "truncated file" if 8 + n + end > size else "trailing bytes after the tensor data"
+        raise _err(p, f"{what}: header and tensors need {8 + n + end} bytes but the file has {size}", _REGEN)
+    if isinstance(meta_all, dict) and CHECKPOINT_KEY in meta_all and META_KEY not in meta_all:
+        raise CheckpointFileError(f"coefficient file {p}: a distillation checkpoint, not a coefficient file. Fix: "
+                                  f"pass the --out file of `adasde distill`, or --resume from this checkpoint")
     if not isinstance(meta_all, dict) or META_KEY not in meta_all:
         raise _err(p, f"no {META_KEY!r} metadata (a plain safetensors file, e.g. model weights, not coefficients)",
                    "pass an adasde coefficient file (written by coefficients.save / `adasde distill`)")
     try:
         meta = json.loads(meta_all[META_KEY])
-    except (TypeError, json.JSONDecodeError) as exc:
-        raise _err(p, f"the {META_KEY!r} metadata is not valid JSON ({exc})", regen) from None
+    except (TypeError, ValueError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0][:120]
+        raise _err(p, f"the {META_KEY!r} metadata is not valid JSON ({why})", _REGEN) from None
     if not isinstance(meta, dict):
-        raise _err(p, f"the {META_KEY!r} metadata is not a JSON object: {meta!r}", regen)
+        raise _err(p, f"the {META_KEY!r} metadata is not a JSON object: {str(meta)[:80]}", _REGEN)
     if isinstance(meta.get("format"), str) or not any(k in header for k in (*TABLES, "sigmas")):
         what = f"format {meta['format']!r}" if isinstance(meta.get("format"), str) else "no coefficient tables"
         raise _err(p, f"a model weights file ({what}, {len(header)} tensors), not a coefficient file",
                    "pass a coefficient file (`adasde coefficients list`, or write one with `adasde distill`)")
     version = meta.get("version")
     if type(version) is not int or version != FORMAT_VERSION:
-        raise _err(p, f"unknown format version {version!r} (this adasde reads version {FORMAT_VERSION})",
+        raise _err(p, f"unknown format version {str(version)[:40]} (this adasde reads version {FORMAT_VERSION})",
                    "upgrade adasde (pip install -U adasde / update the extension), or re-export the file")
+    _check_meta_types(p, meta)
+    return header, meta, n
+
+
+def _check_meta_types(p: Any, meta: dict[str, Any]) -> None:
+    """The header fields lookups and hosts read directly must have their documented JSON types."""
+    def bad(key: str, v: Any, want: str) -> CoefficientFileError:
+        return _err(p, f"metadata field {key!r} must be {want}, got {str(v)[:80]!r}", "re-save the file with adasde")
+
+    for key in ("kind", "schedule"):
+        if meta.get(key) is None:
+            raise _err(p, f"metadata field {key!r} is missing", "re-save the file with adasde")
+        if not isinstance(meta.get(key), str):
+            raise bad(key, meta.get(key), "a string")
+    for key in ("steps", "K", "nfe"):
+        v = meta.get(key)
+        if v is not None and not (_is_int(v) and 0 <= v < 1 << 31):
+            raise bad(key, v, "a non-negative integer")
+    if meta.get("base") is not None and not isinstance(meta["base"], str):
+        raise bad("base", meta["base"], "a string or null")
+    model = meta.get("model")
+    if model is None:
+        return
+    if not isinstance(model, dict):
+        raise bad("model", model, "an object with family, prediction, sigma_min, sigma_max")
+    for key in ("family", "prediction", "name", "fingerprint"):
+        if model.get(key) is not None and not isinstance(model[key], str):
+            raise bad(f"model.{key}", model[key], "a string")
+    for key in ("sigma_min", "sigma_max"):
+        v = model.get(key)
+        if v is not None and not (_finite_number(v) and v > 0):
+            raise bad(f"model.{key}", v, "a positive finite number")
+
+
+def _open_checked(path: str | os.PathLike) -> tuple[Path, Any, int]:
+    p = Path(path)
+    try:
+        if p.exists() and not p.is_file():  # a folder, FIFO or device: opening a FIFO would block
+            raise _err(p, "not a regular file", "pass a .safetensors coefficient file")
+        f = open(p, "rb")  # noqa: SIM115 - closed by the callers
+    except FileNotFoundError:
+        raise _err(p, "no such file", "check the path, or put coefficient files in one of the searched folders") \
+            from None
+    except OSError as exc:
+        raise _err(p, f"cannot be opened ({exc.strerror or exc})", "check the path and its permissions") from None
+    try:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise _err(p, "not a regular file", "pass a .safetensors coefficient file")
+        if st.st_size > _MAX_FILE:
+            raise _err(p, f"{st.st_size} bytes is far too large for a coefficient file (model weights?)",
+                       "pass an adasde coefficient file (written by coefficients.save / `adasde distill`)")
+    except BaseException:
+        f.close()
+        raise
+    return p, f, st.st_size
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(tensor table, parsed ``"adasde"`` metadata) of a coefficient file, reading only its header.
+
+    Checks that the file is a complete, well-formed safetensors file carrying our metadata with a known format
+    version and correctly typed lookup fields.  Does not load tensor data.  Any problem raises
+    :class:`CoefficientFileError`.
+    """
+    p, f, size = _open_checked(path)
+    with f:
+        try:
+            header, meta, _ = _parse_header(p, f, size)
+        except OSError as exc:
+            raise _err(p, f"read error ({exc.strerror or exc})", _REGEN) from None
     return header, meta
 
 
@@ -105,8 +222,8 @@ def _finite(p: Any, name: str, t: torch.Tensor) -> None:
 
 def validate(coeffs: Coefficients, where: Any = None) -> None:
     """Raise :class:`CoefficientFileError` unless ``coeffs`` is consistent (shapes, ranges, names; docs/ALGORITHMS.md
-    sections 3.1 and 4.1): r in (0, 1), a > 0, c > 0, gamma >= 0, rows of w on the simplex, ``steps + 1`` positive
-    strictly decreasing sigmas, known kind / base / schedule / prediction."""
+    sections 3.1 and 4.1): r in (0, 1), a and c in (0, 2], gamma in [0, 1], rows of w on the simplex,
+    ``steps + 1`` positive strictly decreasing sigmas, known kind / base / schedule / prediction."""
     p = where if where is not None else (coeffs.source or "<in memory>")
     redo = "re-distil or re-export the coefficients"
     if coeffs.kind not in KINDS:
@@ -115,7 +232,7 @@ def validate(coeffs: Coefficients, where: Any = None) -> None:
         raise _err(p, f"unknown AMED-Plugin base solver {coeffs.base!r}", f"use one of {', '.join(BASES)}")
     if coeffs.schedule not in SCHEDULE_NAMES:
         raise _err(p, f"unknown schedule {coeffs.schedule!r}", f"use one of {', '.join(SCHEDULE_NAMES)}")
-    if not (isinstance(coeffs.rho, (int, float)) and math.isfinite(coeffs.rho) and coeffs.rho > 0):
+    if not (_finite_number(coeffs.rho) and coeffs.rho > 0):
         raise _err(p, f"rho must be a positive number, got {coeffs.rho!r}", redo)
     if coeffs.model.prediction not in PREDICTIONS:
         raise _err(p, f"unknown prediction {coeffs.model.prediction!r}", f"use one of {', '.join(PREDICTIONS)}")
@@ -131,8 +248,11 @@ def validate(coeffs: Coefficients, where: Any = None) -> None:
             raise _err(p, f"inconsistent shapes: r is {list(shape)} but {name} is {list(t.shape)}", redo)
         _finite(p, name, t)
     r, a, c, g, w = (tabs[k] for k in TABLES)
-    checks = (("r", r, (r > 0) & (r < 1), "in (0, 1)"), ("a", a, a > 0, "> 0"), ("c", c, c > 0, "> 0"),
-              ("gamma", g, g >= 0, ">= 0"), ("w", w, w >= 0, ">= 0"))
+    checks = (("r", r, (r > 0) & (r < 1), "in (0, 1)"),
+              ("a", a, (a > 0) & (a <= SCALE_MAX), f"> 0 and <= {SCALE_MAX:g} (1 +- the time scale)"),
+              ("c", c, (c > 0) & (c <= SCALE_MAX), f"> 0 and <= {SCALE_MAX:g} (1 +- the direction scale)"),
+              ("gamma", g, (g >= 0) & (g <= GAMMA_MAX), f">= 0 and <= {GAMMA_MAX:g} (gamma <= gamma_max <= 1)"),
+              ("w", w, w >= 0, ">= 0"))
     for name, t, ok, rule in checks:
         if not ok.all():
             raise _err(p, f"{name} must be {rule}, got {t[~ok].flatten()[:3].tolist()}", redo)
@@ -199,7 +319,7 @@ def to_metadata(coeffs: Coefficients) -> dict[str, Any]:
 def save(coeffs: Coefficients, path: str | os.PathLike) -> Path:
     """Validate and write ``coeffs`` to ``path`` (``.safetensors``) atomically (tmp file in the same folder, then
     ``os.replace``).  Returns the path."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save as save_bytes
 
     p = Path(path)
     validate(coeffs, where=p)
@@ -208,16 +328,7 @@ def save(coeffs: Coefficients, path: str | os.PathLike) -> Path:
     for name, t in (coeffs.predictor or {}).items():
         tensors[PREFIX + name] = t.detach().cpu().contiguous()
     meta = {META_KEY: json.dumps(to_metadata(coeffs), sort_keys=True, allow_nan=False)}
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return p
+    return atomic_write_bytes(p, save_bytes(tensors, metadata=meta))
 
 
 def _get(meta: dict[str, Any], key: str, types: type | tuple[type, ...], p: Any, default: Any = ...) -> Any:
@@ -254,13 +365,14 @@ def from_metadata(meta: dict[str, Any], tensors: dict[str, torch.Tensor], path: 
     coeffs = Coefficients(
         r=tensors["r"], a=tensors["a"], c=tensors["c"], gamma=tensors["gamma"], w=tensors["w"],
         sigmas=tensors["sigmas"].to(torch.float64),
-        schedule=_get(meta, "schedule", str, p), rho=float(_get(meta, "rho", (int, float), p)),
+        schedule=_get(meta, "schedule", str, p), rho=_get(meta, "rho", (int, float), p),
         afs=_get(meta, "afs", bool, p), model=ident, kind=_get(meta, "kind", str, p),
         base=_get(meta, "base", str, p, None), predictor=predictor,
         predictor_config=_get(meta, "predictor_config", dict, p, None), training=training,
         version=int(meta["version"]), source=str(p),
     )
     validate(coeffs, where=p)
+    coeffs.rho = float(coeffs.rho)
     for key, value in (("steps", coeffs.steps), ("K", coeffs.K)):
         if key in meta and meta[key] != value:
             raise _err(p, f"metadata says {key}={meta[key]!r} but the tensors have {key}={value}",
@@ -269,14 +381,26 @@ def from_metadata(meta: dict[str, Any], tensors: dict[str, torch.Tensor], path: 
 
 
 def load(path: str | os.PathLike) -> Coefficients:
-    """Read a coefficient file without executing any code and validate it; ``source`` is set to the path."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    """Read a coefficient file without executing any code and validate it; ``source`` is set to the path.
 
-    p = Path(path)
-    _, meta = read_header(p)
+    Header and tensors come from one open file (one snapshot of its bytes), so a concurrent ``os.replace`` by a
+    writer can never mix one file's settings with another's tensors.
+    """
+    from safetensors.torch import load as load_bytes
+
+    p, f, size = _open_checked(path)
+    with f:
+        try:
+            _, meta, n = _parse_header(p, f, size)
+            f.seek(0)
+            data = f.read(size)
+        except OSError as exc:
+            raise _err(p, f"read error ({exc.strerror or exc})", _REGEN) from None
+    if len(data) != size:
+        raise _err(p, f"the file changed size while being read ({size} -> {len(data)} bytes)", "read it again")
     try:
-        tensors = load_file(str(p), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise _err(p, f"unreadable tensor data ({exc})", "re-save or download the file again") from None
+        tensors = load_bytes(data)
+    except Exception as exc:  # noqa: BLE001 - safetensors reports malformed input with several exception types
+        raise _err(p, f"unreadable tensor data ({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})",
+                   "re-save or download the file again") from None
     return from_metadata(meta, tensors, p)

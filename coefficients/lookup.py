@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .io import CoefficientFileError, load, read_header
+from ..fileio import is_temp_file
+from .io import CheckpointFileError, CoefficientFileError, load, read_header
 from .record import Coefficients
 
 log = logging.getLogger("adasde")
@@ -92,7 +93,7 @@ def list_coefficient_files(dirs: Iterable[str | os.PathLike] | str | os.PathLike
     files: list[Path] = []
     for d in search_dirs(dirs, include_default):
         if d.is_dir():
-            files += sorted(p for p in d.rglob("*.safetensors") if p.is_file())
+            files += sorted(p for p in d.rglob("*.safetensors") if p.is_file() and not is_temp_file(p))
     return files
 
 
@@ -112,6 +113,8 @@ def _meta(path: Path) -> dict[str, Any] | None:
         return hit[1]
     try:
         meta: dict[str, Any] | None = read_header(path)[1]
+    except CheckpointFileError:  # a distillation checkpoint beside its output: not ours to use, not a problem
+        meta = None
     except CoefficientFileError as exc:
         log.warning("adasde: skipping %s", exc)
         meta = None
@@ -128,7 +131,7 @@ def scan(dirs: Iterable[str | os.PathLike] | str | os.PathLike | None = None,
         d = Path(d_key)
         if not d.is_dir():
             continue
-        for p in sorted(x for x in d.rglob("*.safetensors") if x.is_file()):
+        for p in sorted(x for x in d.rglob("*.safetensors") if x.is_file() and not is_temp_file(x)):
             meta = _meta(p)
             if meta is not None:
                 out.append(CoefficientEntry(p, meta, rank))

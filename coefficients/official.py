@@ -33,6 +33,8 @@ _CONTAINERS = {"dict", "list", "tuple", "set", "frozenset", "bytearray", "bytes"
                "complex", "slice", "range", "object"}
 _TORCH_REBUILD = {"_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_parameter", "_rebuild_parameter_with_state"}
 _PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
+MAX_OBJECT_BYTES = 256 << 20  # a predictor pickle holds a few small tables; any single object beyond this is refused
+_SIZED = {"bytearray", "bytes", "list", "tuple", "set", "frozenset", "dict"}  # constructors that can allocate
 _DTYPE_NAMES = {"float16", "float32", "float64", "bfloat16", "half", "float", "double", "int8", "int16", "int32",
                 "int64", "uint8", "bool", "long", "int", "short"}
 
@@ -91,11 +93,13 @@ def _storage_from_bytes(b: bytes) -> torch.storage.TypedStorage:
     if len(ids) != 1 or not isinstance(keys, list) or len(keys) != 1:
         raise pickle.UnpicklingError("unexpected storage layout")
     _, storage_type, _key, _location, numel, _view = ids[0]
+    storage_type = getattr(storage_type, "cls", storage_type)
     dtype = torch.uint8 if storage_type is torch.UntypedStorage else storage_type.dtype
     size = int.from_bytes(f.read(8), "little")
     esize = torch.empty((), dtype=dtype).element_size()
     if size != numel or size < 0:
         raise pickle.UnpicklingError("storage size mismatch")
+    _refuse_size("tensor storage", size * esize)
     data = f.read(size * esize)
     if len(data) != size * esize:
         raise pickle.UnpicklingError("truncated storage data")
@@ -106,6 +110,79 @@ def _storage_from_bytes(b: bytes) -> torch.storage.TypedStorage:
     return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
 
 
+class AllocationError(pickle.UnpicklingError):
+    """A pickle asked for an object larger than :data:`MAX_OBJECT_BYTES` (checked before allocating it)."""
+
+
+def _refuse_size(what: str, nbytes: int) -> None:
+    if nbytes > MAX_OBJECT_BYTES:
+        raise AllocationError(f"object too large: {what} of {nbytes} bytes (limit {MAX_OBJECT_BYTES})")
+
+
+def _sized_len(arg: Any) -> int:
+    """Items an iterable argument would produce, for the lazy ones that cost nothing to hold (range); else 0."""
+    return len(arg) if isinstance(arg, range) else 0
+
+
+def _bounded_builtin(name: str) -> Any:
+    """``builtins.<name>`` with its size checked from the arguments before it allocates."""
+    real = getattr(builtins, name)
+
+    def make(*args: Any, **kw: Any) -> Any:
+        if args:
+            a = args[0]
+            if isinstance(a, int) and not isinstance(a, bool) and name in ("bytes", "bytearray"):
+                _refuse_size(f"{name}({a})", a)
+            _refuse_size(f"{name}(range of {_sized_len(a)})", 8 * _sized_len(a))
+        return real(*args, **kw)
+
+    make.__name__ = name
+    return make
+
+
+class _BoundedStorage:
+    """A torch storage class as found in a pickle: usable as a type tag, and callable only for bounded sizes."""
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+        self.dtype = getattr(cls, "dtype", torch.uint8)
+
+    def __call__(self, *args: Any, **kw: Any) -> Any:
+        if args and isinstance(args[0], int):
+            esize = torch.empty((), dtype=self.dtype).element_size() if isinstance(self.dtype, torch.dtype) else 1
+            _refuse_size(f"{self.cls.__name__}({args[0]})", args[0] * esize)
+        return self.cls(*args, **kw)
+
+
+def _bounded_reconstruct(real: Any) -> Any:
+    """numpy's ``_reconstruct(subtype, shape, dtype)`` with the array size checked before allocation."""
+    import numpy as np
+
+    def make(subtype: Any, shape: Any, dtype: Any = float, *args: Any, **kw: Any) -> Any:
+        try:
+            dims = [int(v) for v in (shape if isinstance(shape, (tuple, list)) else (shape,))]
+            nbytes = math.prod(dims) * np.dtype(dtype).itemsize
+        except (TypeError, ValueError) as exc:
+            raise pickle.UnpicklingError(f"bad numpy array header ({exc})") from None
+        _refuse_size(f"numpy array {dims}", nbytes)
+        return real(getattr(subtype, "cls", subtype), shape, dtype, *args, **kw)
+
+    return make
+
+
+class _BoundedNdarray:
+    """``numpy.ndarray`` as found in a pickle: a type tag for ``_reconstruct``; called, its size is checked first."""
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        self.cls = np.ndarray
+        self._make = _bounded_reconstruct(lambda subtype, shape, dtype, *a, **kw: np.ndarray(shape, dtype, *a, **kw))
+
+    def __call__(self, shape: Any, dtype: Any = float, *args: Any, **kw: Any) -> Any:
+        return self._make(self.cls, shape, dtype, *args, **kw)
+
+
 def _allowed_torch(module: str, name: str) -> Any:
     if module == "torch._utils" and name in _TORCH_REBUILD:
         return getattr(torch._utils, name)
@@ -113,7 +190,9 @@ def _allowed_torch(module: str, name: str) -> Any:
         return _safe_storage_from_bytes
     if module in ("torch", "torch.storage") and (name.endswith("Storage") or name in _DTYPE_NAMES):
         obj = getattr(torch, name, None)
-        if isinstance(obj, (type, torch.dtype)):
+        if isinstance(obj, type) and name.endswith("Storage"):
+            return _BoundedStorage(obj)
+        if isinstance(obj, torch.dtype):
             return obj
     if module == "torch.nn.parameter" and name == "Parameter":
         return torch.nn.Parameter
@@ -129,7 +208,8 @@ def _allowed_numpy(module: str, name: str) -> Any:
     import numpy as np
 
     multiarray = (getattr(np, "_core", None) or np.core).multiarray
-    table = {"_reconstruct": multiarray._reconstruct, "scalar": multiarray.scalar, "ndarray": np.ndarray,
+    table = {"_reconstruct": _bounded_reconstruct(multiarray._reconstruct), "scalar": multiarray.scalar,
+             "ndarray": _BoundedNdarray(),
              "dtype": np.dtype}
     return table.get(name)
 
@@ -142,7 +222,7 @@ class _RestrictedData(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         module = _PY2_MODULES.get(module, module)  # protocol 0-2 pickles name the Python 2 modules
         if module == "builtins" and name in _CONTAINERS:
-            return getattr(builtins, name)
+            return _bounded_builtin(name) if name in _SIZED else getattr(builtins, name)
         if module == "copyreg" and name == "_reconstructor":
             return _safe_reconstructor
         if module == "collections" and name == "OrderedDict":
@@ -192,6 +272,10 @@ def safe_load_pickle(path: str | os.PathLike) -> Any:
     try:
         with open(p, "rb") as f:
             return SafeUnpickler(f).load()
+    except AllocationError as exc:
+        raise CoefficientFileError(f"refusing to load {p}: {exc}; an AdaSDE predictor holds a few small tables. "
+                                   "Fix: only import network-snapshot-*.pkl files from the official AdaSDE "
+                                   "repository") from None
     except pickle.UnpicklingError as exc:
         msg = str(exc)
         if msg.startswith("pickle tries to call"):

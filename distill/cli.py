@@ -7,10 +7,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from ..errors import AdasdeError, InputFileError, UsageError
+from ..fileio import OutputLock, check_writable
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -57,6 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default=None, help="training checkpoint (default: OUT.ckpt.safetensors)")
     p.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint if it exists")
+    p.add_argument("--keep-checkpoint", action="store_true",
+                   help="keep the training checkpoint after a successful run (default: removed)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run)
@@ -85,12 +91,7 @@ class TqdmProgress:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..coefficients import save
-    from ..errors import UsageError
-    from ..loaders import load_model
-    from ..runtime import barrier, init_distributed
-    from .adasde import distill
-    from .features import feature_net_by_name
+    from ..runtime import init_distributed
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -104,16 +105,36 @@ def _run(args: argparse.Namespace) -> int:
         args.schedule, rho = PAPER_SCHEDULES[args.method]
         args.rho = rho if args.rho is None else args.rho
     rank, size = init_distributed(args.device)
+    out = Path(args.out)
+    ck = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt.safetensors")
+    lock = contextlib.nullcontext()
+    if rank == 0:  # validate the outputs before loading the model or training
+        check_writable(out, "--out")
+        check_writable(ck, "--checkpoint")
+        if ck.resolve() == out.resolve():
+            raise UsageError(f"--checkpoint {ck} is the same file as --out; pass another path")
+        lock = OutputLock(out, "--out")
+    with lock:
+        return _distill(args, out, ck, size, rank)
+
+
+def _distill(args: argparse.Namespace, out: Path, ck: Path, size: int, rank: int) -> int:
+    import torch
+
+    from .. import coefficients
+    from ..loaders import load_model
+    from ..runtime import barrier
+    from .adasde import distill
+    from .features import feature_net_by_name
+
     model = load_model(args.model, device=args.device)
     if isinstance(model, torch.nn.Module):
         model.requires_grad_(False)  # gradients flow to x and the coefficients only
-    out = Path(args.out)
-    ck = args.checkpoint or str(out.with_name(out.name + ".ckpt.safetensors"))
     bar = TqdmProgress(args.trajectories, args.batch, disable=args.no_progress or rank != 0)
     common: dict[str, Any] = dict(
         num_steps=None if args.steps is None else args.steps + 1, nfe=args.nfe, afs=args.afs,
         schedule=args.schedule, rho=args.rho, batch=args.batch,
-        trajectories=args.trajectories, seed=args.seed, device=args.device, progress=bar, checkpoint=ck,
+        trajectories=args.trajectories, seed=args.seed, device=args.device, progress=bar, checkpoint=str(ck),
         checkpoint_every=args.checkpoint_every, resume=args.resume, grad_checkpoint=args.grad_checkpoint,
         name=args.model,
     )
@@ -134,7 +155,16 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     if rank == 0:
-        save(coeffs, out)
+        try:
+            coefficients.save(coeffs, out)
+        except (OSError, AdasdeError) as exc:
+            why = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise InputFileError(f"could not write {out}: {why}; the finished training is in the checkpoint {ck}: "
+                                 f"fix the problem and rerun the same command with --resume (it only re-saves)") \
+                from None
+        if not args.keep_checkpoint:
+            with contextlib.suppress(OSError):
+                ck.unlink()
         summary = {"out": str(out), "kind": coeffs.kind, "nfe": coeffs.nfe, "steps": coeffs.steps,
                    "seconds": coeffs.training.get("seconds"),
                    "final_loss": coeffs.training.get("losses", {}).get("final_total"),

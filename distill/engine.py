@@ -34,7 +34,7 @@ from ..errors import AdasdeError
 from ..samplers.common import SeededNoise
 from ..samplers.presets import initial_noise
 from . import ddp
-from .checkpoint import load_checkpoint, restore, save_checkpoint
+from .checkpoint import check_resume, load_checkpoint, restore, run_identity, save_checkpoint, weights_fingerprint
 from .teacher import teacher_trajectory
 
 
@@ -201,13 +201,19 @@ def _sanitise_(params: list[torch.Tensor]) -> int:
     return bad
 
 
-def _diff_settings(a: dict, b: dict) -> list[str]:
-    keys = sorted(set(a) | set(b))
-    return [f"{k}: checkpoint {a.get(k)!r} vs now {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
-
-
 def _jsonable(d: dict) -> dict:
     return json.loads(json.dumps(d, default=str))
+
+
+def resume_settings(model: Callable, cfg: LoopConfig) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the caller's settings, the model identity
+    (:func:`checkpoint.run_identity`), the dtype, teacher forcing and the feature network of a feature loss."""
+    extra: dict[str, Any] = {"model": run_identity(model), "dtype": str(cfg.dtype),
+                             "teacher_forcing": (not cfg.bptt) if cfg.teacher_forcing is None else cfg.teacher_forcing}
+    if cfg.loss != "l2" and cfg.feature_net is not None:
+        extra["feature_net"] = {"type": f"{type(cfg.feature_net).__module__}.{type(cfg.feature_net).__qualname__}",
+                                "fingerprint": weights_fingerprint(cfg.feature_net)}
+    return _jsonable({**cfg.settings, **{k: v for k, v in extra.items() if k not in cfg.settings}})
 
 
 def run(
@@ -238,16 +244,13 @@ def run(
     opt = Adam(plist, lr=cfg.lr)
     for p in plist:
         p.grad = torch.zeros_like(p)
-    settings = _jsonable(cfg.settings)
+    settings = resume_settings(model, cfg)
     history: list[list[float]] = []
     start, bad_grads, elapsed0 = 0, 0, 0.0
     ck = Path(cfg.checkpoint) if cfg.checkpoint else None
     if ck is not None and cfg.resume and ck.exists():
         tensors, meta = load_checkpoint(ck)
-        diff = _diff_settings(meta.get("settings", {}), settings)
-        if diff:
-            raise ValueError(f"{ck}: checkpoint was written with other settings ({'; '.join(diff)}); "
-                             f"rerun with the same settings or pass resume=False to start over")
+        check_resume(ck, meta.get("settings", {}), settings)
         restore(params, opt, tensors, meta, ck)
         start, history = int(meta["iteration"]), [list(h) for h in meta["history"]]
         bad_grads, elapsed0 = int(meta.get("nonfinite_grads", 0)), float(meta.get("seconds", 0.0))

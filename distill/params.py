@@ -2,7 +2,7 @@
 
 Five raw tables of shape ``[N - 1, K]`` initialised i.i.d. N(0, 1) from the seed (order: r, c, a, gamma, w), mapped as
 
-    r     = sigmoid(raw)
+    r     = sigmoid(raw), kept inside [1e-6, 1 - 1e-6] (float32 rounds a saturated sigmoid to exactly 0 or 1)
     c     = 1 + min(s_c, 0.99) tanh(raw / 2)            (c = 1 when s_c = 0)
     a     = 1 + min(s_a, 0.99) tanh(raw / 2)            (a = 1 when s_a = 0)
     gamma = g_min + (g_max - g_min) sigmoid((raw + b) / 2),  g_min = 2e-4, b = 2 ln 1.5   (gamma = 0 when g_max = 0)
@@ -18,6 +18,7 @@ import math
 import torch
 
 GAMMA_MIN = 2e-4
+R_EPS = 1e-6  # r is kept in [R_EPS, 1 - R_EPS]: float32 sigmoid rounds to exactly 0 or 1 for |raw| > ~17
 GAMMA_BIAS = 2 * math.log(0.6 / 0.4)  # b = 2 ln 1.5: at raw = 0, gamma = g_min + 0.6 (g_max - g_min)
 TABLES = ("r", "c", "a", "gamma", "w")
 
@@ -56,7 +57,7 @@ def map_tables(
     """
     sel = (lambda t: t) if rows is None else (lambda t: t[rows])
     out = {
-        "r": torch.sigmoid(sel(raw["r"])),
+        "r": torch.sigmoid(sel(raw["r"])).clamp(R_EPS, 1 - R_EPS),  # the open interval (0, 1) of section 3.1
         "a": _scale(sel(raw["a"]), scale_time),
         "c": _scale(sel(raw["c"]), scale_dir),
         "w": torch.softmax(sel(raw["w"]), dim=-1),

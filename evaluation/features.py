@@ -234,11 +234,15 @@ class FMNISTFeatures(FeatureNet):
         except ImportError as exc:
             raise FeatureNetError(f"the 'fmnist' feature network needs adasde's builtin classifier "
                                   f"(builtin/classifier.py), which is missing from this installation [{exc}]") from exc
+        from ..builtin.classifier import DEFAULT_CLASSIFIER, file_sha256
+
         kw = {"path": weights} if weights is not None else {}
         self.net = load_classifier(**kw).eval().requires_grad_(False)
+        path = Path(weights) if weights is not None else Path(DEFAULT_CLASSIFIER)
         with torch.no_grad():
             self.dim = int(self.net.features(torch.zeros(1, 1, 28, 28, device=self.device)).reshape(1, -1).shape[1])
-        self.info = {"implementation": "adasde.builtin.classifier"}
+        self.info = {"implementation": "adasde.builtin.classifier", "weights": str(path),
+                     "weights_sha256": file_sha256(path)}
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -54,10 +54,17 @@ def list_images(source: str | os.PathLike) -> list[str]:
 
 def decode_image(data: bytes, name: str) -> torch.Tensor:
     """Bytes of an image file -> uint8 tensor [C, H, W] (C = 1 for grayscale, else 3)."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with warnings.catch_warnings():
+            # an image of more pixels than PIL's bomb limit is refused like any unreadable file (PIL only warns
+            # between 1x and 2x the limit, and raises DecompressionBombError beyond)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+        with im:
             im.load()
             if im.mode in ("L", "1", "I;16", "I", "F"):
                 if im.mode != "L":
@@ -65,7 +72,8 @@ def decode_image(data: bytes, name: str) -> torch.Tensor:
                 arr = np.asarray(im, dtype=np.uint8)[None]
             else:
                 arr = np.asarray(im.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning, MemoryError) as exc:
         raise ImageReadError(f"{name}: cannot decode image ({type(exc).__name__}: {exc}); delete or replace the file, "
                              "or pass on_error='skip' (--on-error skip) to ignore it") from exc
     return torch.from_numpy(np.array(arr, dtype=np.uint8, copy=True))
@@ -133,16 +141,14 @@ def save_png(image: torch.Tensor, path: str | os.PathLike, text: dict[str, str] 
 
     arr = image.detach().cpu().numpy()
     arr = arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     info = None
     if text:
         info = PngImagePlugin.PngInfo()
         for k, v in text.items():
             info.add_text(k, v)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(arr).save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
+    from ..fileio import atomic_save
+
+    atomic_save(path, lambda f: Image.fromarray(arr).save(f, format="PNG", pnginfo=info), fsync=False)
 
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:

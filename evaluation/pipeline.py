@@ -27,7 +27,15 @@ from ..runtime import rank_world
 from .features import FeatureNet, FeatureNetError, load_feature_net
 from .images import ImageReadError, iter_batches, iter_images
 from .metrics import fid_from_stats, kid, precision_recall
-from .reference import RefStats, check_feature_net, load_stats, save_stats, sha256_file
+from .reference import (
+    RefStats,
+    StatsFileError,
+    check_feature_net,
+    check_stats_dest,
+    load_stats,
+    save_stats,
+    sha256_file,
+)
 from .stats import RunningStats
 
 log = logging.getLogger("adasde")
@@ -60,13 +68,10 @@ def _net_meta(net: FeatureNet) -> dict[str, Any]:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Atomic JSON write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    """Atomic JSON write (:func:`fileio.atomic_write_text`)."""
+    from ..fileio import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 # --------------------------------------------------------------------------------------------- image sources
@@ -162,6 +167,7 @@ def compute_reference(
     An existing statistics ``.npz`` (``mu``/``sigma``) as ``data`` is re-saved in ``layout`` with our metadata (its
     feature network is taken from the file or from ``net``).
     """
+    check_stats_dest(dest)
     rank, _ = rank_world()
     check_source(data)
     if str(data).endswith(".npz") and Path(data).is_file():
@@ -221,7 +227,7 @@ def score_images(
         check_feature_net(ref_stats, _net_name(net))
     fnet = load_feature_net(net, device=device, weights=weights, allow_download=allow_download)
     if ref_stats is not None:
-        check_feature_net(ref_stats, fnet.name, dim=fnet.dim)
+        check_feature_net(ref_stats, fnet.name, dim=fnet.dim, weights_sha256=fnet.info.get("weights_sha256"))
     keep = max_features if kid_pr else 0
     rs, feats, skipped = stats_of_source(images, fnet, batch=batch, on_error=on_error, keep_features=keep,
                                          max_images=max_images, progress=progress)
@@ -278,10 +284,18 @@ def fd_fmnist_reference(split: str = "test", device: str | torch.device | None =
     from ..builtin import classifier as clf
 
     shipped = Path(clf.STATS_DIR) / f"fmnist_{split}.npz"
-    if shipped.is_file():
-        return load_stats(shipped, feature_net=clf.FEATURE_NET)
     weights = Path(clf.DEFAULT_CLASSIFIER)
-    tag = sha256_file(weights)[:12] if weights.is_file() else "missing"
+    sha = sha256_file(weights) if weights.is_file() else None
+    if shipped.is_file():
+        ref = load_stats(shipped, feature_net=clf.FEATURE_NET)
+        recorded = ref.meta.get("classifier_sha256")
+        if sha and recorded and recorded != sha:
+            raise StatsFileError(
+                f"{shipped}: computed with the classifier of sha256 {recorded[:12]}... but {weights} has "
+                f"{sha[:12]}... (retrained?); FD-FMNIST values would not be comparable. Restore the shipped "
+                f"classifier (reinstall adasde) or rebuild the statistics with `adasde train-builtin --model stats`")
+        return ref
+    tag = sha[:12] if sha else "missing"
     cached = _cache_dir() / "stats" / f"fmnist-classifier-{tag}-{split}.npz"
     if cached.is_file():
         return load_stats(cached, feature_net=clf.FEATURE_NET)

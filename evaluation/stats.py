@@ -27,17 +27,9 @@ STATE_FORMAT = "adasde-running-stats/1"
 
 def _atomic_savez(path: str | os.PathLike, compressed: bool = False, **arrays: Any) -> Path:
     """``np.savez`` to ``path`` through a temporary file and ``os.replace`` (no half-written files)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            (np.savez_compressed if compressed else np.savez)(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    from ..fileio import atomic_save
+
+    return atomic_save(path, lambda f: (np.savez_compressed if compressed else np.savez)(f, **arrays))
 
 
 class RunningStats:
@@ -161,6 +153,8 @@ class RunningStats:
     def from_arrays(cls, arrays: Any, prefix: str = "rs_", source: str = "<arrays>") -> RunningStats:
         """Rebuild from :meth:`state_arrays` output (or an opened npz)."""
         try:
+            if any(np.asarray(arrays[f"{prefix}{k}"]).dtype.kind not in "fiu" for k in ("n", "mean", "m2")):
+                raise ValueError("n/mean/m2 must be real numbers")
             info = json.loads(str(arrays[f"{prefix}meta"][()]))
             n = int(arrays[f"{prefix}n"][()])
             mean = np.asarray(arrays[f"{prefix}mean"], dtype=np.float64)
@@ -180,8 +174,17 @@ class RunningStats:
     @classmethod
     def load(cls, path: str | os.PathLike) -> RunningStats:
         """Read a state written by :meth:`save` (``allow_pickle=False``: never unpickles)."""
+        from .reference import StatsFileError, read_npz
+
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: RunningStats state file not found")
-        with np.load(path, allow_pickle=False) as z:
+        keys = ("rs_n", "rs_mean", "rs_m2", "rs_meta")
+        z = read_npz(path, keys=keys, required=keys)
+        try:
             return cls.from_arrays(z, source=str(path))
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError, OverflowError, RecursionError) as exc:
+            if isinstance(exc, StatsFileError):
+                raise
+            raise StatsFileError(f"{path}: not a valid RunningStats state ({type(exc).__name__}: "
+                                 f"{(str(exc).splitlines() or [''])[0][:160]}); delete it to start over") from None

@@ -61,7 +61,7 @@ def sample_and_score(
     net = net or ref_stats.feature_net or "inception"
     check_feature_net(ref_stats, _net_name(net))
     fnet = load_feature_net(net, device=dev, weights=weights, allow_download=allow_download)
-    check_feature_net(ref_stats, fnet.name, dim=fnet.dim)
+    check_feature_net(ref_stats, fnet.name, dim=fnet.dim, weights_sha256=fnet.info.get("weights_sha256"))
     den = load_model(model, device=dev, **(model_kwargs or {}))
     sched = None
     if schedule is not None:

@@ -35,7 +35,18 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torc
     return dtype
 
 
+ALLOWED_LIBRARIES = ("diffusers", "transformers")  # the libraries a model_index.json / config.json may name
+
+
+def _check_library(lib: str, where: str) -> None:
+    """Refuse a component library outside :data:`ALLOWED_LIBRARIES` before importing anything it names."""
+    if str(lib).split(".")[0] not in ALLOWED_LIBRARIES:
+        raise ModelSpecError(f"{where}: names the library {str(lib)[:60]!r} for a component; only "
+                             f"{', '.join(ALLOWED_LIBRARIES)} are loaded (model_index.json). Fix or replace the file")
+
+
 def _class(lib: str, name: str, where: str) -> type:
+    _check_library(lib, where)
     try:
         return getattr(importlib.import_module(lib), name)
     except ModuleNotFoundError as exc:

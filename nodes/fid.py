@@ -140,7 +140,7 @@ class FIDEvaluate(io.ComfyNode):
         ref_path = resolve_reference(reference)
         net = globals()["feature_net"](feature_net)
         ref = load_stats(ref_path)
-        check_feature_net(ref, net.name, dim=net.dim)
+        check_feature_net(ref, net.name, dim=net.dim, weights_sha256=net.info.get("weights_sha256"))
         feats = image_features(net, images)
         acc_path = _accumulator_path(accumulator) if accumulator.strip() else None
         stats = RunningStats(net.dim, meta={"feature_net": net.name})

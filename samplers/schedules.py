@@ -125,7 +125,23 @@ def get_sigmas(
         t = (t_max ** (1 / rho) + u * (t_min ** (1 / rho) - t_max ** (1 / rho))) ** rho
         s = discrete_t_to_sigma(t, model_sigmas)
     s[0], s[-1] = smax, smin  # exact end points
+    _check_grid(kind, s, smin, smax, rho)
     return s.to(device=device, dtype=dtype)
+
+
+def _check_grid(kind: str, s: torch.Tensor, smin: float, smax: float, rho: float) -> None:
+    """Refuse a grid that is not finite and strictly decreasing (e.g. ``time_uniform`` with a large sigma_min, whose
+    VP fit of section 2 item 3 then has beta_d < 0 and sigma(t) overshoots sigma_max by orders of magnitude)."""
+    if bool(torch.isfinite(s).all()) and bool((s[1:] < s[:-1]).all()):
+        return
+    from ..errors import UsageError
+
+    fix = ("use --schedule polynomial or logsnr (monotone for any range)" if kind == "time_uniform"
+           else "use another schedule or sigma range")
+    bad = s[~torch.isfinite(s)] if not bool(torch.isfinite(s).all()) else s.max()
+    raise UsageError(f"schedule {kind!r} with sigma_min={smin:g}, sigma_max={smax:g}, rho={rho:g} gives a grid that "
+                     f"is not finite and strictly decreasing (max {float(bad.max()):.4g}); {fix}, or a smaller "
+                     f"sigma_min")
 
 
 def teacher_sigmas(
