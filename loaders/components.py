@@ -45,6 +45,16 @@ def _check_library(lib: str, where: str) -> None:
                              f"{', '.join(ALLOWED_LIBRARIES)} are loaded (model_index.json). Fix or replace the file")
 
 
+def index_components(index: dict[str, Any], root: Path) -> dict[str, list]:
+    """The components a pipeline's ``model_index.json`` names (``name -> [library, class]``), each library checked
+    against :data:`ALLOWED_LIBRARIES` before anything is imported."""
+    components = {k: v for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v
+                  and v[0] is not None}
+    for lib, *_ in components.values():
+        _check_library(lib, str(root / "model_index.json"))
+    return components
+
+
 def _class(lib: str, name: str, where: str) -> type:
     _check_library(lib, where)
     try:

@@ -27,6 +27,7 @@ from .checkpoint import read_json
 from .components import (
     Layout,
     check_expect,
+    index_components,
     load_modules,
     quiet_hub_logs,
     require_diffusers,
@@ -102,8 +103,7 @@ def _layout(root: Path, index: dict[str, Any] | None) -> Layout:
         components = {"unet": ["diffusers", ucfg.get("_class_name", "UNet2DModel")]}
         return Layout(root, "", components, {"unet": root}, ucfg, sched)
     index_class = str(index.get("_class_name", ""))
-    components = {k: v for k, v in index.items() if not k.startswith("_") and isinstance(v, list)
-                  and v[0] is not None}
+    components = index_components(index, root)
     if "unet" not in components:
         kinds = ", ".join(sorted(components)) or "none"
         raise ModelSpecError(

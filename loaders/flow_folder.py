@@ -10,7 +10,7 @@ import torch
 
 from .base import ModelSpecError
 from .checkpoint import read_json
-from .components import Layout, check_expect, load_modules, text_pipeline
+from .components import Layout, check_expect, index_components, load_modules, text_pipeline
 from .conditioning import FlowTextEncoder
 from .flow_denoiser import FlowTransformerDenoiser
 from .parameterisation import Parameterization
@@ -25,8 +25,7 @@ def load_flow_pipeline(root: Path, index: dict[str, Any], dt: torch.dtype, expec
                         default_cfg: float, image_size: int | None) -> FlowTransformerDenoiser:
     """An SD3 / Flux pipeline folder (module docstring) as a flow-model denoiser."""
     index_class = str(index.get("_class_name", ""))
-    components = {k: v for k, v in index.items() if not k.startswith("_") and isinstance(v, list)
-                  and v[0] is not None}
+    components = index_components(index, root)
     if index_class not in FLOW_PIPELINES:
         raise ModelSpecError(f"{root}: transformer pipeline {index_class!r} is not supported; supported: "
                              f"{', '.join(FLOW_PIPELINES)}")
