@@ -140,6 +140,7 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
         self._step_index: int | None = None
         self._begin_index: int | None = None
         self._scaled: int | None = None
+        self._cut: tuple[float, int | None, int | None] = (1.0, None, None)
         self._noise_seeds: list[int] | None = None
         self._noise: SeededNoise | None = None
         self._reset_state()
@@ -172,12 +173,28 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
         the betas, flow shift for flow-matching configs (docs/ALGORITHMS.md section 10)."""
         cfg, p = self.config, self.param
         flow = p.kind == "flow"
-        table = None if p.table is None else p.table.sigmas
+        table = p.model_sigmas()  # the same table the library's loader gives its denoiser
         return policy.ModelInfo(
             family=cfg.model_family or "unknown", prediction=p.family_prediction,
             sigma_min=float(cfg.sigma_min if cfg.sigma_min is not None else p.sigma_min),
             sigma_max=float(cfg.sigma_max if cfg.sigma_max is not None else p.sigma_max),
             model_sigmas=table, flow=flow, flow_shift=float(cfg.shift) if flow else None)
+
+    @classmethod
+    def for_pipeline(cls, scheduler_config: Any, **overrides: Any) -> AdaSDEScheduler:
+        """Scheduler for a pipeline's model from its scheduler config (beta table, prediction type; FlowMatch
+        configs: flow prediction and shift), e.g. ``AdaSDEScheduler.for_pipeline(pipe.scheduler.config,
+        model_family="sd3", coefficients="auto")``.  Resolution-dependent shifts (Flux) are refused."""
+        cfg = dict(scheduler_config)
+        kw = {k: cfg[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                                  "prediction_type", "shift") if cfg.get(k) is not None}
+        if "FlowMatch" in str(cfg.get("_class_name", "")):
+            if cfg.get("use_dynamic_shifting"):
+                raise UsageError(f"{cfg.get('_class_name')} with use_dynamic_shifting (a resolution-dependent shift, "
+                                 f"Flux): {cls.__name__} needs a fixed shift; pass shift= for your resolution")
+            kw["prediction_type"] = "flow_prediction"
+        kw.update(overrides)
+        return cls(**kw)
 
     @classmethod
     def from_coefficients(cls, source: str | os.PathLike | Coefficients, base_config: Any = None,
@@ -264,17 +281,27 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
                            dirs=cfg.coefficient_dirs, schedule=sched, denoise=denoise, start_step=start_step,
                            end_step=end_step)
 
+    def set_cut(self, denoise: float = 1.0, start_step: int | None = None, end_step: int | None = None) -> None:
+        """Cut the grid of every following :meth:`set_timesteps` (a pipeline calls it with the step count only):
+        ``denoise`` < 1 samples the last ``steps`` intervals of a ``steps / denoise`` grid (img2img; start from
+        ``init + init_noise_sigma * noise``), ``start_step`` / ``end_step`` one stage of a split run.  The diffusers
+        Img2Img pipelines slice ``timesteps`` by ``order`` per step, which does not fit a scheduler whose steps make
+        1 + K model calls; run a text-to-image pipeline with ``latents`` instead."""
+        self._cut = (float(denoise), start_step, end_step)
+
     def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
-                      denoise: float = 1.0, start_step: int | None = None, end_step: int | None = None,
+                      denoise: float | None = None, start_step: int | None = None, end_step: int | None = None,
                       **kwargs: Any) -> None:
         """Evaluation points of the policy's plan for ``num_inference_steps`` steps (``None``: the stored file's
-        count).  ``denoise`` < 1 (img2img: the last steps of a ``steps / denoise`` grid) and ``start_step`` /
-        ``end_step`` (one stage of a split run) cut the grid as in every other door; the trained rows follow.
-        ``timesteps`` holds one network timestep per model call, so ``len(timesteps)`` is the NFE."""
+        count).  ``denoise`` / ``start_step`` / ``end_step`` (default: :meth:`set_cut`) cut the grid as in every
+        other door; the trained rows follow.  ``timesteps`` holds one network timestep per model call, so
+        ``len(timesteps)`` is the NFE."""
         if kwargs.get("timesteps") is not None or kwargs.get("sigmas") is not None:
             raise UsageError(f"{type(self).__name__} takes its grid from the sampling policy; custom timesteps / "
                              "sigmas are not supported (use adasde.samplers with your grid)")
-        self.plan = self.make_plan(num_inference_steps, denoise, start_step, end_step)
+        d, lo, hi = self._cut
+        self.plan = self.make_plan(num_inference_steps, d if denoise is None else denoise,
+                                   lo if start_step is None else start_step, hi if end_step is None else end_step)
         for note in self.plan.notes:
             warnings.warn(note, CoefficientMismatchWarning, stacklevel=2)
         self.grid = [float(v) for v in self.plan.sigmas.tolist()]

@@ -387,9 +387,11 @@ def sampler_plan(p: Any, name: str, sigmas: torch.Tensor, inner_model: Any = Non
     hr, scheduled = getattr(p, "adasde_plan", (None, None)) if p is not None else (None, None)
     if scheduled is not None and scheduled.sampler == name and hr == bool(getattr(p, "is_hr_pass", False)):
         choice: Any = scheduled.coeffs if scheduled.coeffs is not None else CHOICE_UNTRAINED
-    else:
-        choice = policy_choice(current_choice(p))
-    return policy.plan_for_sigmas(info, name, sigmas, coefficients=choice, dirs=coefficient_dirs())
+        plan = policy.plan_for_sigmas(info, name, sigmas, coefficients=choice, dirs=coefficient_dirs())
+        plan.notes = [*scheduled.notes, *(n for n in plan.notes if n not in scheduled.notes)]
+        return plan
+    return policy.plan_for_sigmas(info, name, sigmas, coefficients=policy_choice(current_choice(p)),
+                                  dirs=coefficient_dirs())
 
 
 def make_sampler(label: str) -> Callable[..., torch.Tensor]:
@@ -407,6 +409,8 @@ def make_sampler(label: str) -> Callable[..., torch.Tensor]:
         tell(p, plan.notes)
         if p is not None:
             _write_infotext(p, plan)
+            with contextlib.suppress(AttributeError):
+                p.adasde_last_plan = plan  # what ran, for scripts and tests
         log.info("AdaSDE: %s", plan.describe())
         if noise_sampler is None and p is not None and getattr(p, "seeds", None):
             noise_sampler = SeededNoise(x, [int(s) for s in p.seeds[: x.shape[0]]])
