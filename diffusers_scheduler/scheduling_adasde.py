@@ -509,19 +509,19 @@ class AMEDPluginScheduler(AdaSDEScheduler):
     @classmethod
     def _check_kind(cls, co: Coefficients) -> None:
         if co.kind != "amed_plugin":
-            raise ValueError(f"{co.source or 'coefficients'}: kind {co.kind!r}; AMEDPluginScheduler needs "
+            raise UsageError(f"{co.source or 'coefficients'}: kind {co.kind!r}; AMEDPluginScheduler needs "
                              "'amed_plugin' coefficients (use AdaSDEScheduler)")
         if co.base not in cls.BASES:
-            raise ValueError(f"{co.source or 'coefficients'}: AMED-Plugin base {co.base!r} is not available as a "
+            raise UsageError(f"{co.source or 'coefficients'}: AMED-Plugin base {co.base!r} is not available as a "
                              f"diffusers scheduler (supported: {', '.join(cls.BASES)}); multistep bases (ipndm, "
                              "dpmpp) run through adasde.samplers instead")
         if co.K != 1:
-            raise ValueError(f"AMED-Plugin uses one inserted point per interval, the coefficients have K={co.K}")
+            raise UsageError(f"AMED-Plugin uses one inserted point per interval, the coefficients have K={co.K}")
 
     def _build_evals(self) -> None:
         base = self.config.base or "euler"
         if base not in self.BASES:
-            raise ValueError(f"AMEDPluginScheduler: base {base!r} not supported ({', '.join(self.BASES)})")
+            raise UsageError(f"AMEDPluginScheduler: base {base!r} not supported ({', '.join(self.BASES)})")
         super()._build_evals()
 
     def _accumulate(self, n: int, k: int, d_k: torch.Tensor) -> None:

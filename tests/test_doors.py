@@ -285,3 +285,18 @@ def test_webui_door(host, which, world_root, tmp_path, monkeypatch):
             for i, seed in enumerate(c.seeds):
                 _, (one, _, _) = process([seed])
                 torch.testing.assert_close(one[0], samples[i], atol=1e-6, rtol=0)
+
+
+def test_sd3_pipeline_refuses_an_afs_plan(world_root, search, tmp_path):
+    """The SD3 pipeline never calls scale_model_input, so the first input of an AFS plan cannot be moved: the run
+    stops with one line naming the fix instead of sampling from the wrong point."""
+    from adasde.coefficients import save
+    from adasde.diffusers_scheduler import AdaSDEScheduler
+
+    w = get_world("sd3", world_root)
+    path = save(doors.trained(w.info, 3, 9, afs=True), tmp_path / "afs.safetensors")
+    w.pipe.scheduler = AdaSDEScheduler.for_pipeline(w.pipe.scheduler.config, model_family="sd3",
+                                                    coefficients=str(path))
+    with pytest.raises(UsageError, match="did not call scale_model_input.*AFS.*without AFS"):
+        w.pipe(prompt=[PROMPT], num_inference_steps=3, guidance_scale=CFG, output_type="latent", height=16,
+               width=16, max_sequence_length=8)
