@@ -391,9 +391,12 @@ def test_discard_next_to_last_sigma_keeps_trained_points(host):
     assert torch.allclose(samples, ref, atol=1e-6, rtol=0)
 
 
-def test_img2img_uses_the_trained_rows(host):
-    """img2img at denoise 0.6 with 3 steps (A1111's "img2img_fix_steps"): the last 3 intervals of the 5-step
-    trained grid, rows 2.., exactly the policy's plan for denoise 0.6."""
+@pytest.mark.parametrize("fix_steps", [True, False])
+def test_img2img_uses_the_trained_rows(host, fix_steps):
+    """img2img at denoise 0.6.  With A1111's "img2img_fix_steps", 3 steps: the last 3 intervals of the 5-step
+    trained grid, rows 2.., exactly the policy's plan for denoise 0.6.  Without it, 5 steps: the host runs
+    int(0.6 * 5) + 1 = 4 intervals, rows 1.., the policy's plan for that grid."""
+    from adasde.webui import detect_model
     from modules import shared
     from modules.processing import StableDiffusionProcessing
 
@@ -401,12 +404,22 @@ def test_img2img_uses_the_trained_rows(host):
     c.r, c.a = torch.linspace(0.3, 0.6, 5)[:, None], torch.linspace(0.9, 1.05, 5)[:, None]
     path = save(c, host.models / "adasde" / "five.safetensors")
     mod = load_script()
-    shared.opts.img2img_fix_steps = True
+    shared.opts.img2img_fix_steps = fix_steps
     init = torch.full((2, 4, 4, 4), 0.2)
-    p = StableDiffusionProcessing(steps=3, denoising_strength=0.6, init_latent=init, script_args=("auto",))
+    p = StableDiffusionProcessing(steps=3 if fix_steps else 5, denoising_strength=0.6, init_latent=init,
+                                  script_args=("auto",))
     samples, info, sampler = run(p, mod)
-    expected = _plan_for(p, "adasde", denoise=0.6)
-    assert expected.offset == 2 and expected.coeffs_path == str(path) and expected.steps == 3
+    if fix_steps:
+        expected = _plan_for(p, "adasde", denoise=0.6)
+        assert expected.offset == 2 and expected.steps == 3
+    else:
+        from modules import sd_samplers
+
+        wrap = sd_samplers.create_sampler("AdaSDE", p.sd_model).model_wrap
+        expected = policy.plan_for_sigmas(detect_model(p.sd_model, wrap), "adasde", load(path).sigmas[1:],
+                                          coefficients=path)
+        assert expected.offset == 1 and expected.steps == 4
+    assert expected.coeffs_path == str(path) and not expected.notes and not p.comments
     sig = sampler.last_kwargs["sigmas"]
     torch.testing.assert_close(sig.double(), expected.sigmas, rtol=1e-6, atol=0)
     assert f"AdaSDE coefficients: {path.name}" in info and f"AdaSDE NFE: {expected.nfe}" in info
