@@ -1,6 +1,8 @@
 """diffusers schedulers running AdaSDE / AMED-Plugin coefficients inside diffusers pipelines (docs/HOSTS.md section D2).
 
-``pipe.scheduler = AdaSDEScheduler.from_coefficients("sd15_nfe5.safetensors", pipe.scheduler.config)``.
+``pipe.scheduler = AdaSDEScheduler.for_pipeline(pipe.scheduler.config, model_family="sd15")`` (the best fitting
+coefficient file, chosen by the sampling policy) or ``AdaSDEScheduler.from_coefficients("sd15_nfe5.safetensors",
+pipe.scheduler.config)``.
 Imported lazily so that ``import adasde`` does not need diffusers.
 """
 

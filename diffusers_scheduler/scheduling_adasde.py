@@ -24,11 +24,15 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .. import policy
+from ..coefficients import load
+from ..coefficients.lookup import normalize_family
 from ..coefficients.record import Coefficients, ModelIdentity
+from ..errors import UsageError
 from ..loaders.parameterisation import Parameterization
-from ..samplers.adasde import resolve_tables
+from ..samplers.adasde import CoefficientMismatchWarning, resolve_tables
 from ..samplers.common import SeededNoise, afs_direction, churn, sample_seeds
-from ..samplers.schedules import get_sigmas
+from ..samplers.schedules import DEFAULT_RHO
 
 PREDICTION_TO_DIFFUSERS = {"eps": "epsilon", "v": "v_prediction", "x0": "sample", "flow": "flow_prediction"}
 TABLE_NAMES = ("r", "a", "c", "gamma", "w")
@@ -45,9 +49,46 @@ class _Eval:
 class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
     """AdaSDE (NeurIPS 2025) with learned per-step coefficients for diffusers pipelines (module docstring).
 
-    Build it with :meth:`from_coefficients` (a coefficient file or ``Coefficients`` record); without coefficients it
-    runs untrained AdaSDE (= DPM-Solver-2) on ``schedule``.  ``prediction_type``: epsilon, v_prediction, sample or
-    flow_prediction; the beta settings must be those of the pipeline's model.
+    The grid, the coefficient file, the trained rows and the NFE come from the sampling policy (``policy.plan``,
+    docs/ALGORITHMS.md section 10) for the model described by this config (:meth:`model_info`), exactly as
+    ``adasde sample`` and the other hosts decide them; the policy's notes are issued as
+    :class:`CoefficientMismatchWarning`.  Build it with :meth:`from_coefficients` (a coefficient file or record,
+    stored in the config) or from a pipeline's scheduler config with ``coefficients="auto"`` (the best fitting file
+    on the search path), a file path, or ``"untrained"``.
+
+    Args:
+        num_train_timesteps: training timesteps of the model (the length of its beta / sigma table).
+        beta_start: first beta of the model's training schedule (DDPM/LDM/SD models).
+        beta_end: last beta of the model's training schedule.
+        beta_schedule: ``"linear"``, ``"scaled_linear"`` or ``"squaredcos_cap_v2"``, as in the pipeline's config.
+        trained_betas: an explicit beta table instead of ``beta_start`` / ``beta_end`` / ``beta_schedule``.
+        prediction_type: ``"epsilon"``, ``"v_prediction"``, ``"sample"`` or ``"flow_prediction"`` (FlowMatch
+            configs are recognised by class name too).
+        shift: time shift of a flow-matching model (SD3: 3.0); part of the model's identity for the policy.
+        coefficients: ``"auto"`` (default), ``"untrained"`` or the path of a coefficient file; ignored when the
+            tables below are set (they are the chosen coefficients).
+        coefficient_dirs: folders searched first by ``"auto"`` (then ``$ADASDE_COEFFICIENTS`` and the shipped
+            files).
+        model_family: the model family (``"sd15"``, ``"sdxl"``, ``"sd3"``, ...); files of another family are
+            never chosen and a named one is refused.  ``None``: unknown (any family fits).
+        schedule: grid kind for untrained sampling (``"polynomial"``, ``"logsnr"``, ``"time_uniform"``,
+            ``"discrete"``, ``"flow_shift"``); ``None``: the model's default grid (the policy's choice).  A
+            coefficient file brings its own grid.
+        rho: exponent of ``schedule`` (``None``: its default).
+        sigma_min: lower end of the model's sigma range (``None``: from the training table).
+        sigma_max: upper end of the model's sigma range (``None``: from the training table).
+        coeff_sigmas: the trained grid of the stored coefficients (``steps + 1`` decreasing sigmas).
+        r: trained step ratios, ``[steps][K]`` (docs/ALGORITHMS.md section 3.2).
+        a: trained time scalings, ``[steps][K]``.
+        c: trained gradient scalings, ``[steps][K]``.
+        gamma: trained churn amounts, ``[steps][K]``.
+        w: trained point weights, ``[steps][K]``.
+        afs: the stored coefficients were trained with AFS (analytical first step, one model call fewer).
+        s_noise: scale of the churn noise.
+        kind: ``"adasde"``, ``"amed"`` or ``"amed_plugin"`` (the sampler the stored coefficients belong to).
+        base: AMED-Plugin base solver (``"euler"`` or ``"dpm_2"``).
+        denoise_final: one extra model call that denoises the last state to sigma = 0.
+        model_prediction: prediction type the stored coefficients were trained for (``"eps"``, ``"v"``, ...).
     """
 
     order = 2
@@ -64,8 +105,11 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
         trained_betas: list[float] | None = None,
         prediction_type: str = "epsilon",
         shift: float = 1.0,
-        schedule: str = "discrete",
-        rho: float = 1.0,
+        coefficients: str | None = "auto",
+        coefficient_dirs: list[str] | None = None,
+        model_family: str | None = None,
+        schedule: str | None = None,
+        rho: float | None = None,
         sigma_min: float | None = None,
         sigma_max: float | None = None,
         coeff_sigmas: list[float] | None = None,
@@ -78,8 +122,8 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
         s_noise: float = 1.0,
         kind: str = "adasde",
         base: str | None = None,
-        model_family: str | None = None,
         denoise_final: bool = False,
+        model_prediction: str | None = None,
     ) -> None:
         cfg = {"_class_name": "FlowMatch" if prediction_type == "flow_prediction" else type(self).__name__,
                "num_train_timesteps": num_train_timesteps, "beta_start": beta_start, "beta_end": beta_end,
@@ -87,6 +131,7 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
                "shift": shift}
         self.param = Parameterization.from_scheduler_config(cfg, f"{type(self).__name__} config")
         self.coeffs = self._record()
+        self.plan: policy.Plan | None = None
         self.num_inference_steps: int | None = None
         self.timesteps = torch.empty(0)
         self.sigmas = torch.empty(0)
@@ -94,6 +139,8 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
         self._evals: list[_Eval] = []
         self._step_index: int | None = None
         self._begin_index: int | None = None
+        self._scaled: int | None = None
+        self._cut: tuple[float, int | None, int | None] = (1.0, None, None)
         self._noise_seeds: list[int] | None = None
         self._noise: SeededNoise | None = None
         self._reset_state()
@@ -104,30 +151,59 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
         if cfg.r is None:
             return None
         if cfg.coeff_sigmas is None:
-            raise ValueError(f"{type(self).__name__}: coefficient tables given without coeff_sigmas (their grid)")
+            raise UsageError(f"{type(self).__name__}: coefficient tables given without coeff_sigmas (their grid)")
         t = {k: torch.tensor(getattr(cfg, k) if getattr(cfg, k) is not None else _default(k, cfg.r),
                              dtype=torch.float64) for k in TABLE_NAMES}
         steps = len(cfg.coeff_sigmas) - 1
         for k, v in t.items():
             if v.ndim != 2 or v.shape[0] != steps:
-                raise ValueError(f"{type(self).__name__}: coefficient table {k!r} has shape {tuple(v.shape)}, "
+                raise UsageError(f"{type(self).__name__}: coefficient table {k!r} has shape {tuple(v.shape)}, "
                                  f"expected [{steps}, K] for a {steps + 1}-point grid")
-        return Coefficients(**t, sigmas=torch.tensor(cfg.coeff_sigmas, dtype=torch.float64), afs=bool(cfg.afs),
-                            schedule=cfg.schedule, rho=float(cfg.rho), kind=cfg.kind, base=cfg.base,
-                            model=ModelIdentity(family=cfg.model_family or "unknown"))
+        source = cfg.coefficients if cfg.coefficients not in (None, policy.AUTO, policy.UNTRAINED) else None
+        sched = cfg.schedule or "custom"
+        co = Coefficients(**t, sigmas=torch.tensor(cfg.coeff_sigmas, dtype=torch.float64), afs=bool(cfg.afs),
+                          schedule=sched, rho=float(cfg.rho if cfg.rho is not None else 1.0), kind=cfg.kind,
+                          base=cfg.base, model=ModelIdentity(family=cfg.model_family or "unknown",
+                                                             prediction=cfg.model_prediction or "unknown"))
+        co.source = source
+        return co
+
+    def model_info(self) -> policy.ModelInfo:
+        """The model as the policy sees it: family (config), prediction type, sigma range and discrete table from
+        the betas, flow shift for flow-matching configs (docs/ALGORITHMS.md section 10)."""
+        cfg, p = self.config, self.param
+        flow = p.kind == "flow"
+        table = p.model_sigmas()  # the same table the library's loader gives its denoiser
+        return policy.ModelInfo(
+            family=cfg.model_family or "unknown", prediction=p.family_prediction,
+            sigma_min=float(cfg.sigma_min if cfg.sigma_min is not None else p.sigma_min),
+            sigma_max=float(cfg.sigma_max if cfg.sigma_max is not None else p.sigma_max),
+            model_sigmas=table, flow=flow, flow_shift=float(cfg.shift) if flow else None)
+
+    @classmethod
+    def for_pipeline(cls, scheduler_config: Any, **overrides: Any) -> AdaSDEScheduler:
+        """Scheduler for a pipeline's model from its scheduler config (beta table, prediction type; FlowMatch
+        configs: flow prediction and shift), e.g. ``AdaSDEScheduler.for_pipeline(pipe.scheduler.config,
+        model_family="sd3", coefficients="auto")``.  Resolution-dependent shifts (Flux) are refused."""
+        cfg = dict(scheduler_config)
+        kw = {k: cfg[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                                  "prediction_type", "shift") if cfg.get(k) is not None}
+        if "FlowMatch" in str(cfg.get("_class_name", "")):
+            if cfg.get("use_dynamic_shifting"):
+                raise UsageError(f"{cfg.get('_class_name')} with use_dynamic_shifting (a resolution-dependent shift, "
+                                 f"Flux): {cls.__name__} needs a fixed shift; pass shift= for your resolution")
+            kw["prediction_type"] = "flow_prediction"
+        kw.update(overrides)
+        return cls(**kw)
 
     @classmethod
     def from_coefficients(cls, source: str | os.PathLike | Coefficients, base_config: Any = None,
                           **overrides: Any) -> AdaSDEScheduler:
         """Scheduler from a coefficient file or record.  ``base_config``: the pipeline's scheduler config (its beta
-        schedule and prediction type are kept), e.g. ``AdaSDEScheduler.from_coefficients(f, pipe.scheduler.config)``.
+        schedule, prediction type and shift are kept), e.g.
+        ``AdaSDEScheduler.from_coefficients(f, pipe.scheduler.config, model_family="sd15")``.
         """
-        if isinstance(source, Coefficients):
-            co = source
-        else:
-            from ..coefficients import load
-
-            co = load(source)
+        co = source if isinstance(source, Coefficients) else load(source)
         cls._check_kind(co)
         kw: dict[str, Any] = {}
         if base_config is not None:
@@ -137,14 +213,12 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
                     kw[key] = base_config[key]
         pred = PREDICTION_TO_DIFFUSERS.get(co.model.prediction)
         if pred is not None:
-            if "prediction_type" in kw and kw["prediction_type"] != pred:
-                warnings.warn(f"coefficients were trained for prediction {co.model.prediction!r} but the pipeline "
-                              f"scheduler says {kw['prediction_type']!r}; keeping the pipeline's", stacklevel=2)
             kw.setdefault("prediction_type", pred)
         sig = co.sigmas.flatten().to(torch.float64)
+        family = normalize_family(co.model.family)
         kw.update(coeff_sigmas=sig.tolist(), afs=bool(co.afs), schedule=co.schedule, rho=float(co.rho),
-                  kind=co.kind, base=co.base, model_family=co.model.family,
-                  sigma_min=float(sig[-1]), sigma_max=float(sig[0]),
+                  kind=co.kind, base=co.base, model_family=None if family in (None, "unknown") else family,
+                  model_prediction=co.model.prediction, coefficients=co.source,
                   **{k: getattr(co, k).to(torch.float64).tolist() for k in TABLE_NAMES})
         kw.update(overrides)
         return cls(**kw)
@@ -152,7 +226,7 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
     @classmethod
     def _check_kind(cls, co: Coefficients) -> None:
         if co.kind == "amed_plugin":
-            raise ValueError(f"{co.source or 'coefficients'}: kind 'amed_plugin' (base {co.base}); use "
+            raise UsageError(f"{co.source or 'coefficients'}: kind 'amed_plugin' (base {co.base}); use "
                              "AMEDPluginScheduler.from_coefficients")
         if co.kind == "amed" and co.predictor is not None:
             warnings.warn("AMED coefficients: a diffusers scheduler has no bottleneck features, so the per-sample "
@@ -165,7 +239,7 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
         """x_T = sigma_max z: the pipeline multiplies unit noise by this."""
         if self.grid:
             return float(self.grid[0])
-        return float(self.config.sigma_max or self.param.sigma_max)
+        return float(self.model_info().sigma_max)
 
     @property
     def step_index(self) -> int | None:
@@ -187,39 +261,59 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
     def __len__(self) -> int:
         return int(self.config.num_train_timesteps)
 
-    def _grid(self, num_inference_steps: int | None) -> list[float]:
+    def _sampler(self) -> str:
+        return "amed_plugin" if isinstance(self, AMEDPluginScheduler) else self.config.kind
+
+    def make_plan(self, num_inference_steps: int | None = None, denoise: float = 1.0, start_step: int | None = None,
+                  end_step: int | None = None) -> policy.Plan:
+        """The policy's plan for ``num_inference_steps`` sampling steps (``None``: the stored file's step count)."""
         cfg = self.config
-        if self.coeffs is not None and num_inference_steps in (None, self.coeffs.steps):
-            return [float(v) for v in self.coeffs.sigmas.tolist()]
+        choice: Any = self.coeffs if self.coeffs is not None else (cfg.coefficients or policy.AUTO)
         if num_inference_steps is None:
-            raise ValueError(f"{type(self).__name__}: num_inference_steps is needed when no coefficients are loaded")
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        ms = None if self.param.table is None else self.param.table.sigmas
-        smin = cfg.sigma_min if cfg.sigma_min is not None else self.param.sigma_min
-        smax = cfg.sigma_max if cfg.sigma_max is not None else self.param.sigma_max
-        kind = cfg.schedule if (cfg.schedule != "discrete" or ms is not None) else "time_uniform"
-        g = get_sigmas(kind, num_inference_steps + 1, smin, smax, rho=cfg.rho, model_sigmas=ms, dtype=torch.float64)
-        return [float(v) for v in g.tolist()]
+            if self.coeffs is None:
+                raise UsageError(f"{type(self).__name__}: give num_inference_steps (no coefficient file is stored)")
+            num_inference_steps = self.coeffs.steps if denoise >= 1 else None
+            if num_inference_steps is None:
+                raise UsageError(f"{type(self).__name__}: give num_inference_steps with denoise < 1")
+        sched = None if cfg.schedule is None or self.coeffs is not None else (
+            cfg.schedule, cfg.rho if cfg.rho is not None else DEFAULT_RHO.get(cfg.schedule, 1.0))
+        return policy.plan(self.model_info(), self._sampler(), steps=int(num_inference_steps), coefficients=choice,
+                           dirs=cfg.coefficient_dirs, schedule=sched, denoise=denoise, start_step=start_step,
+                           end_step=end_step)
+
+    def set_cut(self, denoise: float = 1.0, start_step: int | None = None, end_step: int | None = None) -> None:
+        """Cut the grid of every following :meth:`set_timesteps` (a pipeline calls it with the step count only):
+        ``denoise`` < 1 samples the last ``steps`` intervals of a ``steps / denoise`` grid (img2img; start from
+        ``init + init_noise_sigma * noise``), ``start_step`` / ``end_step`` one stage of a split run.  The diffusers
+        Img2Img pipelines slice ``timesteps`` by ``order`` per step, which does not fit a scheduler whose steps make
+        1 + K model calls; run a text-to-image pipeline with ``latents`` instead."""
+        self._cut = (float(denoise), start_step, end_step)
 
     def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
+                      denoise: float | None = None, start_step: int | None = None, end_step: int | None = None,
                       **kwargs: Any) -> None:
-        """Evaluation points of the trained grid (``num_inference_steps`` None or equal to the trained step count),
-        else of ``schedule`` with ``num_inference_steps`` steps and untrained tables (with a warning, as
-        ``resolve_tables``).  ``timesteps`` holds one (continuous) network timestep per model call."""
+        """Evaluation points of the policy's plan for ``num_inference_steps`` steps (``None``: the stored file's
+        count).  ``denoise`` / ``start_step`` / ``end_step`` (default: :meth:`set_cut`) cut the grid as in every
+        other door; the trained rows follow.  ``timesteps`` holds one network timestep per model call, so
+        ``len(timesteps)`` is the NFE."""
         if kwargs.get("timesteps") is not None or kwargs.get("sigmas") is not None:
-            raise ValueError(f"{type(self).__name__} computes its own grid; custom timesteps/sigmas are not supported")
-        self.grid = self._grid(num_inference_steps)
+            raise UsageError(f"{type(self).__name__} takes its grid from the sampling policy; custom timesteps / "
+                             "sigmas are not supported (use adasde.samplers with your grid)")
+        d, lo, hi = self._cut
+        self.plan = self.make_plan(num_inference_steps, d if denoise is None else denoise,
+                                   lo if start_step is None else start_step, hi if end_step is None else end_step)
+        for note in self.plan.notes:
+            warnings.warn(note, CoefficientMismatchWarning, stacklevel=2)
+        self.grid = [float(v) for v in self.plan.sigmas.tolist()]
         self.num_inference_steps = len(self.grid) - 1
-        self.tables = resolve_tables(self.coeffs, self.grid, afs=None)
-        if self.coeffs is None and self.config.afs:
-            self.tables.afs = True
+        self.tables = resolve_tables(self.plan.coeffs, self.grid, afs=self.plan.afs, warn=False)
         self._build_evals()
         sig = torch.tensor([e.sigma for e in self._evals], dtype=torch.float64)
         self.sigmas = sig.to(device=device, dtype=torch.float32)
         self.timesteps = self.param.timestep(sig).to(device=device, dtype=torch.float32)
         self._step_index = None
         self._begin_index = None
+        self._scaled = None
         self._noise = None
         self._reset_state()
 
@@ -232,8 +326,9 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
         self.draws: list[bool] = []
         for n in range(len(self.grid) - 1):
             sigma, nxt = self.grid[n], self.grid[n + 1]
-            gbar = (tb["w"][n] * tb["gamma"][n]).sum(-1) if n > 0 else None
-            draw = n > 0 and self.tables.trained and self.churn
+            first_row = self.tables.offset + n == 0  # gamma_0 = 0 on the trained grid's first row (section 3.1)
+            gbar = None if first_row else (tb["w"][n] * tb["gamma"][n]).sum(-1)
+            draw = gbar is not None and float(gbar) != 0.0 and self.tables.trained and self.churn
             t_hat = sigma * (1 + gbar) if draw else sigma
             if draw and self.param.kind == "flow":
                 t_hat = torch.clamp(t_hat, max=1.0)
@@ -253,6 +348,7 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
         self._tb = tb
 
     def _reset_state(self) -> None:
+        self._start: torch.Tensor | None = None
         self._x_hat: torch.Tensor | None = None
         self._d_hat: torch.Tensor | None = None
         self._acc: Any = None
@@ -282,14 +378,32 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
         t0 = self.t_hat[0]
         return sample + (self.s_mid[0][0] - t0) * afs_direction(sample, t0, flow=self.param.kind == "flow")
 
+    def _prepared(self, e: _Eval) -> bool:
+        """The first evaluation needs a start point other than the pipeline's sample (AFS, or churn on a trained
+        row > 0 after an img2img / split cut): only :meth:`scale_model_input` can hand that to the network."""
+        return e.n == 0 and self._step_index == self._first_index() and (self.tables.afs or self.draws[0])
+
+    def _first_index(self) -> int:
+        return self._begin_index or 0
+
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
         """Network input c_in(sigma) x at the current evaluation point."""
         if self._step_index is None:
             self._init_step_index(timestep)
         e = self._current()
         x = sample.float()
-        if self._afs_first(e):
-            x = self._afs_point(x)
+        if self._prepared(e):
+            if self.draws[0]:
+                B = x.shape[0]
+                doubled = B % 2 == 0 and torch.equal(x[: B // 2], x[B // 2:])  # the pipeline's CFG batch [x; x]
+                one = x[: B // 2] if doubled else x
+                one = churn(one, self.grid[0], self.t_hat[0], self._draw(one, None), flow=self.param.kind == "flow",
+                            s_noise=float(self.config.s_noise))
+                x = torch.cat([one, one]) if doubled else one
+                self._start = one
+            self._scaled = self._step_index
+            if self._afs_first(e):
+                x = self._afs_point(x)
         c = self.param.c_in(torch.tensor([e.sigma], dtype=torch.float64)).item()
         return (x * c).to(sample.dtype)
 
@@ -321,6 +435,14 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
         e = self._current()
         x = sample.float()
         flow = self.param.kind == "flow"
+        if self._prepared(e):
+            if self._scaled != self._step_index:
+                raise UsageError(f"{type(self).__name__}: this pipeline did not call scale_model_input() before the "
+                                 "first step, but this plan starts with "
+                                 + ("AFS" if self.tables.afs else "churn on a trained row")
+                                 + "; use a pipeline that calls it, or a coefficient file trained without AFS")
+            if self.draws[0]:
+                x = self._start
         if e.kind == "final":
             prev = self._denoised(model_output, x, e.sigma)
         elif e.kind == "hat":
@@ -387,19 +509,19 @@ class AMEDPluginScheduler(AdaSDEScheduler):
     @classmethod
     def _check_kind(cls, co: Coefficients) -> None:
         if co.kind != "amed_plugin":
-            raise ValueError(f"{co.source or 'coefficients'}: kind {co.kind!r}; AMEDPluginScheduler needs "
+            raise UsageError(f"{co.source or 'coefficients'}: kind {co.kind!r}; AMEDPluginScheduler needs "
                              "'amed_plugin' coefficients (use AdaSDEScheduler)")
         if co.base not in cls.BASES:
-            raise ValueError(f"{co.source or 'coefficients'}: AMED-Plugin base {co.base!r} is not available as a "
+            raise UsageError(f"{co.source or 'coefficients'}: AMED-Plugin base {co.base!r} is not available as a "
                              f"diffusers scheduler (supported: {', '.join(cls.BASES)}); multistep bases (ipndm, "
                              "dpmpp) run through adasde.samplers instead")
         if co.K != 1:
-            raise ValueError(f"AMED-Plugin uses one inserted point per interval, the coefficients have K={co.K}")
+            raise UsageError(f"AMED-Plugin uses one inserted point per interval, the coefficients have K={co.K}")
 
     def _build_evals(self) -> None:
         base = self.config.base or "euler"
         if base not in self.BASES:
-            raise ValueError(f"AMEDPluginScheduler: base {base!r} not supported ({', '.join(self.BASES)})")
+            raise UsageError(f"AMEDPluginScheduler: base {base!r} not supported ({', '.join(self.BASES)})")
         super()._build_evals()
 
     def _accumulate(self, n: int, k: int, d_k: torch.Tensor) -> None:

@@ -59,18 +59,19 @@ except Exception as exc:  # noqa: BLE001 - never break the WebUI start-up
 
 
 def on_ui_settings() -> None:
-    """Settings > AdaSDE: default coefficient choice, ComfyUI coefficient folder, final denoise to sigma = 0."""
+    """Settings > AdaSDE: default coefficient choice (with a refresh button), ComfyUI coefficient folder, final
+    denoise to sigma = 0."""
     import gradio as gr
 
+    core = webui.core
     section = ("adasde", "AdaSDE")
-    choices = lambda: {"choices": [webui.core.CHOICE_AUTO, webui.core.CHOICE_UNTRAINED,  # noqa: E731
-                                   *webui.core.available_files()]}
-    shared.opts.add_option(webui.core.OPT_CHOICE, shared.OptionInfo(
-        webui.core.CHOICE_AUTO, "Coefficients for the AdaSDE / AMED samplers ('auto': by model family and steps)",
-        gr.Dropdown, choices, section=section))
-    shared.opts.add_option(webui.core.OPT_COMFY_DIR, shared.OptionInfo(
+    choices = lambda: {"choices": [core.CHOICE_AUTO, core.CHOICE_UNTRAINED, *core.available_files()]}  # noqa: E731
+    shared.opts.add_option(core.OPT_CHOICE, shared.OptionInfo(
+        core.CHOICE_AUTO, "Coefficients for the AdaSDE / AMED samplers ('auto': the best file for the model and steps)",
+        gr.Dropdown, choices, refresh=core.refresh_files, section=section))
+    shared.opts.add_option(core.OPT_COMFY_DIR, shared.OptionInfo(
         "", "Also search a ComfyUI folder (its models/adasde_coefficients)", gr.Textbox, section=section))
-    shared.opts.add_option(webui.core.OPT_DENOISE, shared.OptionInfo(
+    shared.opts.add_option(core.OPT_DENOISE, shared.OptionInfo(
         False, "AdaSDE scheduler: final denoise to sigma = 0 (+1 model call)", gr.Checkbox, section=section))
 
 
@@ -90,10 +91,16 @@ class Script(scripts.Script):
         import gradio as gr
 
         core = webui.core
+
+        def names() -> list[str]:
+            return [core.CHOICE_SETTINGS, core.CHOICE_AUTO, core.CHOICE_UNTRAINED, *core.available_files()]
+
         with gr.Accordion("AdaSDE / AMED coefficients", open=False):
-            choice = gr.Dropdown(
-                label="Coefficients (used by the AdaSDE and AMED samplers)", value=core.CHOICE_SETTINGS,
-                choices=[core.CHOICE_SETTINGS, core.CHOICE_AUTO, core.CHOICE_UNTRAINED, *core.available_files()])
+            choice = gr.Dropdown(label="Coefficients (used by the AdaSDE and AMED samplers)",
+                                 value=core.CHOICE_SETTINGS, choices=names())
+            refresh = gr.Button(value="\U0001f504", elem_id="adasde_refresh_coefficients")
+            refresh.click(fn=lambda: gr.update(choices=[*names()[:3], *core.refresh_files()]), inputs=[],
+                          outputs=[choice])
         self.infotext_fields = [(choice, core.INFOTEXT_FILE)]
         return [choice]
 

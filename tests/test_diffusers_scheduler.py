@@ -86,19 +86,37 @@ def test_generator_churn_is_reproducible_and_config_round_trips(den, pipe, tmp_p
     assert loaded.init_noise_sigma == pytest.approx(float(co.sigmas[0]))
 
 
-def test_file_round_trip_untrained_fallback_and_add_noise(den, tmp_path: Path) -> None:
+def test_file_round_trip_policy_checks_and_add_noise(den, tmp_path: Path, monkeypatch) -> None:
+    """steps = intervals; a stored file must fit the step count (the policy's error text); ``auto`` without a
+    fitting file and ``untrained`` run untrained AdaSDE, ``auto`` with the policy's note as a warning."""
+    from adasde import policy
     from adasde.coefficients import save
+    from adasde.errors import UsageError
 
+    monkeypatch.delenv("ADASDE_COEFFICIENTS", raising=False)
     co = trained(den, steps=3)
     save(co, tmp_path / "c.safetensors")
     sched = AdaSDEScheduler.from_coefficients(tmp_path / "c.safetensors")
     sched.set_timesteps()
-    assert len(sched.timesteps) == co.nfe
+    assert len(sched.timesteps) == co.nfe and sched.plan.coeffs_path == str(tmp_path / "c.safetensors")
+    with pytest.raises(UsageError) as err:
+        sched.set_timesteps(5)
+    with pytest.raises(UsageError) as lib:
+        policy.plan(sched.model_info(), "adasde", steps=5, coefficients=tmp_path / "c.safetensors")
+    assert str(err.value) == str(lib.value) and "trained for 3 steps" in str(err.value)
+    auto = AdaSDEScheduler(model_family="sd15", coefficient_dirs=[str(tmp_path / "empty")])
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        sched.set_timesteps(5)
-    assert any(issubclass(w.category, CoefficientMismatchWarning) for w in rec)
-    assert len(sched.timesteps) == 10 and not sched.tables.trained
+        auto.set_timesteps(5)
+    notes = [str(w.message) for w in rec if issubclass(w.category, CoefficientMismatchWarning)]
+    assert notes == policy.plan(auto.model_info(), "adasde", steps=5, dirs=[tmp_path / "empty"]).notes
+    assert len(notes) == 1 and "5 steps" in notes[0]
+    assert len(auto.timesteps) == 10 and not auto.tables.trained
+    quiet = AdaSDEScheduler(coefficients="untrained")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quiet.set_timesteps(5)
+    torch.testing.assert_close(quiet.timesteps, auto.timesteps)
     x0, noise = torch.zeros(1, 4, 2, 2), torch.ones(1, 4, 2, 2)
     sigma = float(den.model_sigmas[500])
     torch.testing.assert_close(sched.add_noise(x0, noise, torch.tensor([500])), noise * sigma, rtol=1e-4, atol=0)
@@ -106,7 +124,7 @@ def test_file_round_trip_untrained_fallback_and_add_noise(den, tmp_path: Path) -
 
 def test_untrained_scheduler_is_dpm_solver_2_on_v_prediction(den) -> None:
     """No coefficients: midpoint DPM-Solver-2 on the discrete schedule; v-prediction conversion in the scheduler."""
-    sched = AdaSDEScheduler(prediction_type="v_prediction")
+    sched = AdaSDEScheduler(prediction_type="v_prediction", coefficients="untrained")
     sched.set_timesteps(3)
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2)) * sched.init_noise_sigma
     ehs, _ = den.text.encode(["a cat"], x.device)

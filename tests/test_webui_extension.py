@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from adasde import policy
 from adasde.coefficients import Coefficients, ModelIdentity, load, save
-from adasde.samplers import CoefficientMismatchWarning, get_sigmas, sample_adasde
+from adasde.errors import AdasdeError, UsageError
+from adasde.samplers import get_sigmas, sample_adasde
 
 ROOT = Path(__file__).resolve().parent.parent
 STANDIN = Path(__file__).resolve().parent / "webui_standin"
@@ -100,6 +102,9 @@ def test_registers_once(host):
     assert "AdaSDE" in sd_samplers.visible_sampler_names()
     cfg = sd_samplers.all_samplers_map["AdaSDE"]
     assert cfg.options["brownian_noise"] is True and cfg.options["scheduler"] == "adasde"
+    # two model calls per step: prompt editing, alternation, refiner switch and "skip early CFG" count the calls
+    assert cfg.options["second_order"] is True and cfg.total_steps(3) == 6
+    assert sd_samplers.all_samplers_map["AMED"].total_steps(4) == 8
     assert [s.name for s in sd_schedulers.schedulers].count("adasde") == 1
     assert sd_schedulers.schedulers_map["AdaSDE"] is sd_schedulers.schedulers_map["adasde"]
     if host.kind == "forge":
@@ -131,6 +136,7 @@ def test_generation_matches_direct_call(host):
 
 
 def test_other_scheduler_falls_back_to_untrained(host):
+    from adasde.webui import detect_model
     from modules.processing import StableDiffusionProcessing
 
     save(trained(host.family), host.models / "adasde" / "c.safetensors")
@@ -140,38 +146,52 @@ def test_other_scheduler_falls_back_to_untrained(host):
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         samples, info, sampler = run(p, mod)
-    assert any(issubclass(w.category, CoefficientMismatchWarning) for w in rec)
+    sig = sampler.last_kwargs["sigmas"]
+    expected = policy.plan_for_sigmas(detect_model(p.sd_model, sampler.model_wrap), "adasde", sig,
+                                      dirs=[host.models / "adasde"])
+    assert expected.source == "fallback" and len(expected.notes) == 1
+    assert list(p.comments) == expected.notes  # the policy's text, shown under the image
+    assert "Use the 'adasde' scheduler" in expected.notes[0]  # right advice: another scheduler was in use
+    assert not rec  # the sampler was told "untrained": no second, different warning
     assert "AdaSDE coefficients: untrained" in info and "AdaSDE NFE: 7" in info  # 3 steps x 2 calls + final 0
-    ref = direct(StableDiffusionProcessing(steps=4), "AdaSDE", sampler.last_kwargs["sigmas"], None)
+    assert "AdaSDE coefficients hash" not in info
+    ref = direct(StableDiffusionProcessing(steps=4), "AdaSDE", sig, None)
     assert torch.allclose(samples, ref, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("case", ["missing", "broken"])
-def test_bad_coefficient_file_logs_and_falls_back(host, case, caplog):
+@pytest.mark.parametrize("case", ["missing", "broken", "wrong family"])
+def test_bad_named_file_stops_with_one_line(host, case):
+    """A file picked by name must exist, be readable and fit the model: the same one-line error as every door."""
     from modules import shared
     from modules.processing import StableDiffusionProcessing
 
     mod = load_script()
+    args = ("(Settings)",)
     if case == "broken":
         (host.models / "adasde").mkdir(parents=True)
         (host.models / "adasde" / "broken.safetensors").write_bytes(b"\x00" * 12)
         shared.opts.adasde_coefficients = "broken.safetensors"  # chosen in Settings
-        args = ("(Settings)",)
+    elif case == "wrong family":
+        other = "sdxl" if host.family == "sd15" else "sd15"
+        path = save(trained(other), host.models / "adasde" / "other.safetensors")
+        args = ("other.safetensors",)  # chosen per generation
     else:
-        args = ("gone.safetensors",)  # chosen per generation
+        args = ("gone.safetensors",)
     p = StableDiffusionProcessing(steps=3, script_args=args)
-    with caplog.at_level(logging.WARNING, logger="adasde"):
-        samples, info, sampler = run(p, mod)
-    text = caplog.text
+    with pytest.raises(AdasdeError) as err:
+        run(p, mod)
+    text = str(err.value)
+    assert "\n" not in text
     if case == "broken":
         assert "broken.safetensors" in text and "not a safetensors file" in text
+    elif case == "missing":
+        assert "gone.safetensors" in text and "models/adasde" in text
     else:
-        assert "gone.safetensors" in text and "not found" in text
-    assert "untrained AdaSDE" in text and "AdaSDE coefficients: untrained" in info
-    sig = sampler.last_kwargs["sigmas"]
-    assert len(sig) == 4 and sig[-1] > 0  # fallback grid of the AdaSDE scheduler: discrete, rho 1, 3 steps
-    ref = direct(StableDiffusionProcessing(steps=3), "AdaSDE", sig, None)
-    assert torch.allclose(samples, ref, atol=1e-6, rtol=0)
+        from adasde.webui import detect_model
+
+        with pytest.raises(UsageError) as lib:
+            policy.plan(detect_model(p.sd_model), "adasde", steps=3, coefficients=path)
+        assert text == str(lib.value) and "was trained for model family" in text
 
 
 def _hooks_clean(sd_model, original_unet):
@@ -282,8 +302,17 @@ def test_settings_and_script_ui(host):
     assert all(c.endswith(".safetensors") for c in choices[2:])
     script = mod.Script()
     assert script.show(False) is scripts.AlwaysVisible and script.title() == "AdaSDE"
+    assert callable(info.refresh)  # A1111 draws a refresh button next to a setting with a refresh callback
     (dropdown,) = script.ui(False)
     assert "mine.safetensors" in dropdown.kwargs["choices"]
+    # refresh button: a file added after the UI was built appears in the choices
+    save(trained(host.family), host.models / "adasde" / "later.safetensors")
+    from gradio import Button
+
+    button = [c for c in Button.created if isinstance(c, Button)][-1]
+    update = button.handler()
+    assert "later.safetensors" in update["choices"] and update["choices"][:3] == ["(Settings)", "auto", "untrained"]
+    assert "later.safetensors" in info.refresh()
     assert script.infotext_fields == [(dropdown, "AdaSDE coefficients")]  # pasting an infotext restores the choice
 
 
@@ -308,17 +337,146 @@ def test_comfyui_folder_and_final_denoise_setting(host, tmp_path):
 
 def test_detect_model_families():
     """Family / prediction detection from A1111 flags and Forge engine classes (plain objects with those attributes)."""
-    from adasde.webui import ModelInfo, detect_model
+    from adasde.webui import detect_model
 
     def obj(cls_name, **attrs):
         return type(cls_name, (), attrs)()
 
-    forge_unet = lambda kind: types.SimpleNamespace(  # noqa: E731
-        unet=types.SimpleNamespace(model=types.SimpleNamespace(predictor=types.SimpleNamespace(prediction_type=kind))))
-    assert detect_model(obj("LatentDiffusion", is_sd1=True, parameterization="eps")) == ModelInfo("sd15", "eps", False)
-    assert detect_model(obj("DiffusionEngine", is_sdxl=True)) == ModelInfo("sdxl", "eps", False)
-    assert detect_model(obj("LatentDiffusion", is_sd2=True, parameterization="v")) == ModelInfo("sd21", "v", False)
-    assert detect_model(obj("SD3Inferencer", is_sd3=True)) == ModelInfo("sd3", "flow", True)
-    assert detect_model(obj("Flux", forge_objects=forge_unet("const"))) == ModelInfo("flux", "flow", True)
+    def fp(info):
+        return info.family, info.prediction, info.flow
+
+    forge_unet = lambda kind, **kw: types.SimpleNamespace(  # noqa: E731
+        unet=types.SimpleNamespace(model=types.SimpleNamespace(predictor=types.SimpleNamespace(prediction_type=kind,
+                                                                                               **kw))))
+    assert fp(detect_model(obj("LatentDiffusion", is_sd1=True, parameterization="eps"))) == ("sd15", "eps", False)
+    assert fp(detect_model(obj("DiffusionEngine", is_sdxl=True))) == ("sdxl", "eps", False)
+    assert fp(detect_model(obj("LatentDiffusion", is_sd2=True, parameterization="v"))) == ("sd21", "v", False)
+    assert fp(detect_model(obj("SD3Inferencer", is_sd3=True))) == ("sd3", "flow", True)
+    flux = detect_model(obj("Flux", forge_objects=forge_unet("const", shift=1.15)))
+    assert fp(flux) == ("flux", "flow", True) and flux.flow_shift == 1.15 and flux.schedule() == ("flow_shift", 1.15)
     assert detect_model(obj("StableDiffusionXL", forge_objects=forge_unet("v_prediction"))).prediction == "v"
-    assert detect_model(None) == ModelInfo("unknown", "unknown", False)
+    assert fp(detect_model(None)) == ("unknown", "unknown", False)
+    # the sigma table: from the host's sampler wrapper, else alphas_cumprod (A1111 models carry it)
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    ac = torch.cumprod(1 - betas, 0)
+    info = detect_model(obj("LatentDiffusion", is_sd1=True, alphas_cumprod=ac.float()))
+    assert info.schedule() == ("discrete", 1.0) and info.model_sigmas.numel() == 1000
+    assert info.sigma_min == pytest.approx(0.0292, abs=1e-4) and info.sigma_max == pytest.approx(14.61, abs=1e-2)
+
+
+def _plan_for(p, sampler, n=None, **kw):
+    """The policy's plan for the stand-in's model (what every door must yield)."""
+    from adasde.webui import coefficient_dirs, detect_model
+    from modules import sd_samplers
+
+    wrap = sd_samplers.create_sampler("AdaSDE", p.sd_model).model_wrap
+    return policy.plan(detect_model(p.sd_model, wrap), sampler, steps=n or p.steps, dirs=coefficient_dirs(), **kw)
+
+
+def test_discard_next_to_last_sigma_keeps_trained_points(host):
+    """The host's "always discard next-to-last sigma" asks for steps + 1 and cuts one value: the trained grid
+    survives whole."""
+    from modules import shared
+    from modules.processing import StableDiffusionProcessing
+
+    path = save(trained(host.family), host.models / "adasde" / "c.safetensors")
+    mod = load_script()
+    shared.opts.always_discard_next_to_last_sigma = True
+    p = StableDiffusionProcessing(steps=3, script_args=("(Settings)",))
+    samples, info, sampler = run(p, mod)
+    sig = sampler.last_kwargs["sigmas"]
+    assert torch.allclose(sig, load(path).sigmas.float()) and "Discard penultimate sigma: True" in info
+    assert f"AdaSDE coefficients: {path.name}" in info and "AdaSDE NFE: 5" in info
+    ref = direct(StableDiffusionProcessing(steps=3), "AdaSDE", sig, load(path))
+    assert torch.allclose(samples, ref, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("fix_steps", [True, False])
+def test_img2img_uses_the_trained_rows(host, fix_steps):
+    """img2img at denoise 0.6.  With A1111's "img2img_fix_steps", 3 steps: the last 3 intervals of the 5-step
+    trained grid, rows 2.., exactly the policy's plan for denoise 0.6.  Without it, 5 steps: the host runs
+    int(0.6 * 5) + 1 = 4 intervals, rows 1.., the policy's plan for that grid."""
+    from adasde.webui import detect_model
+    from modules import shared
+    from modules.processing import StableDiffusionProcessing
+
+    c = trained(host.family, steps=5)
+    c.r, c.a = torch.linspace(0.3, 0.6, 5)[:, None], torch.linspace(0.9, 1.05, 5)[:, None]
+    path = save(c, host.models / "adasde" / "five.safetensors")
+    mod = load_script()
+    shared.opts.img2img_fix_steps = fix_steps
+    init = torch.full((2, 4, 4, 4), 0.2)
+    p = StableDiffusionProcessing(steps=3 if fix_steps else 5, denoising_strength=0.6, init_latent=init,
+                                  script_args=("auto",))
+    samples, info, sampler = run(p, mod)
+    if fix_steps:
+        expected = _plan_for(p, "adasde", denoise=0.6)
+        assert expected.offset == 2 and expected.steps == 3
+    else:
+        from modules import sd_samplers
+
+        wrap = sd_samplers.create_sampler("AdaSDE", p.sd_model).model_wrap
+        expected = policy.plan_for_sigmas(detect_model(p.sd_model, wrap), "adasde", load(path).sigmas[1:],
+                                          coefficients=path)
+        assert expected.offset == 1 and expected.steps == 4
+    assert expected.coeffs_path == str(path) and not expected.notes and not p.comments
+    sig = sampler.last_kwargs["sigmas"]
+    torch.testing.assert_close(sig.double(), expected.sigmas, rtol=1e-6, atol=0)
+    assert f"AdaSDE coefficients: {path.name}" in info and f"AdaSDE NFE: {expected.nfe}" in info
+    from modules import sd_samplers
+
+    s = sd_samplers.create_sampler("AdaSDE", p.sd_model)
+    s.initialize(p)
+    cond, uncond = p.conds()
+    extra = {"cond": cond, "image_cond": None, "uncond": uncond, "cond_scale": p.cfg_scale, "s_min_uncond": 0.0}
+    x = init + p.initial_noise() * sig[0]
+    full = load(path).sigmas.float()
+    ref = sample_adasde(s.model_wrap_cfg, x, sig, extra_args=extra, coeffs=load(path),
+                        noise_sampler=s.create_noise_sampler(x, full, p))  # the host spans the uncut grid
+    torch.testing.assert_close(samples, ref, atol=1e-6, rtol=0)
+
+
+def test_hires_after_another_sampler_has_no_trailing_zero(host):
+    """First pass Euler (+ the AdaSDE schedule with its final 0), hires pass AdaSDE: the hires grid is the trained
+    one without a trailing 0, and the hires infotext names the file."""
+    from modules.processing import StableDiffusionProcessing
+
+    c = trained(host.family, steps=5)
+    c.r = torch.linspace(0.3, 0.6, 5)[:, None]
+    c.a, c.c, c.w, c.gamma = torch.ones(5, 1), torch.ones(5, 1), torch.ones(5, 1), torch.zeros(5, 1)
+    path = save(c, host.models / "adasde" / "five.safetensors")
+    mod = load_script()
+    p = StableDiffusionProcessing(steps=5, sampler_name="Euler", scheduler="AdaSDE", enable_hr=True,
+                                  hr_sampler_name="AdaSDE", hr_second_pass_steps=3, hr_denoising_strength=0.6,
+                                  script_args=("auto",))
+    samples, info, sampler = run(p, mod)
+    sig = sampler.last_kwargs["sigmas"]
+    assert float(sig[-1]) > 0 and len(sig) == 4
+    torch.testing.assert_close(sig.double(), load(path).sigmas[2:], rtol=1e-6, atol=0)
+    assert f"Hires AdaSDE coefficients: {path.name}" in info and "Hires AdaSDE NFE: 6" in info
+    assert samples.isfinite().all()
+
+
+def test_older_host_says_what_is_unavailable(host, caplog):
+    """A1111 1.6-1.8: no sd_schedulers, no process_before_every_sampling.  One log line says what is missing;
+    the samplers still register (without the "scheduler" option)."""
+    from modules import scripts, sd_samplers
+
+    sys.modules["modules.sd_schedulers"] = None  # import fails, as on a host without the module
+    saved = scripts.Script.process_before_every_sampling
+    del scripts.Script.process_before_every_sampling
+    try:
+        with caplog.at_level(logging.INFO, logger="adasde"):
+            load_script()
+    finally:
+        scripts.Script.process_before_every_sampling = saved
+        del sys.modules["modules.sd_schedulers"]
+    lines = [r.getMessage() for r in caplog.records if "needs A1111" in r.getMessage()]
+    assert len(lines) == 1 and "A1111 >= 1.9" in lines[0] and "A1111 >= 1.10" in lines[0]
+    assert "scheduler" not in sd_samplers.all_samplers_map["AdaSDE"].options
+    from adasde.webui import host_features
+
+    assert host_features() == host_features().__class__(
+        "Forge" if host.kind == "forge" else "AUTOMATIC1111",
+        "v1.10.1" if host.kind == "a1111" else "f2.0.1v1.10.1-previous-669-gdfdcbab6", True, True)
+    assert host_features().missing() == []

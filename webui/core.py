@@ -1,15 +1,15 @@
 """AdaSDE / AMED inside AUTOMATIC1111 and Forge (docs/HOSTS.md sections C1, C2 and C3).
 
-* :func:`register` adds the samplers ``AdaSDE`` / ``AMED`` (aliases ``adasde`` / ``amed``) through Forge's
-  ``sd_samplers.add_sampler`` when present, else by appending to ``all_samplers`` + rebuilding ``all_samplers_map`` +
-  ``set_samplers()``, and the scheduler ``AdaSDE`` (``modules.sd_schedulers``, A1111 1.9+).  Idempotent: entries with
-  our names are replaced, never duplicated.
-* The samplers are plain callables handed to ``KDiffusionSampler``; the host passes ``sigmas``, ``n``,
-  ``sigma_min``/``sigma_max`` and (options ``brownian_noise``) its seeded ``noise_sampler`` by signature inspection.
-* Coefficients: ``auto`` picks a file by model family (:func:`detect_model`) and step count from ``models/adasde/``, an
-  optional ComfyUI folder (Settings), ``$ADASDE_COEFFICIENTS`` and the shipped files; a file name or ``untrained`` can
-  be chosen in Settings or per generation.  A grid that does not match the trained one uses untrained AdaSDE with a
-  warning (``samplers.adasde.resolve_tables``).  The chosen file and NFE go into the infotext.
+A thin adapter: every decision about grids, coefficient files, trained rows, NFE and warning texts is the sampling
+policy's (``policy.plan`` for the ``AdaSDE`` scheduler, ``policy.plan_for_sigmas`` for the samplers on whatever grid
+the host passes); this module only translates the host's objects into ``policy.ModelInfo`` and the policy's answer
+into host calls, log lines, ``p.comment`` and the infotext.
+
+* :func:`register` adds the samplers ``AdaSDE`` / ``AMED`` (aliases ``adasde`` / ``amed``, ``second_order``: two
+  model calls per step) through Forge's ``sd_samplers.add_sampler`` when present, else by appending to
+  ``all_samplers`` + rebuilding ``all_samplers_map`` + ``set_samplers()``, and the scheduler ``AdaSDE``
+  (``modules.sd_schedulers``).  Idempotent: entries with our names are replaced, never duplicated.
+* :func:`host_features` says what the running host offers; :func:`register` logs one line naming what is missing.
 * AMED: the U-Net middle-block output is captured by a forward hook (A1111) or a block modifier on a cloned Forge
   ``UnetPatcher`` for the duration of one sampling call, and removed in a ``finally``.
 """
@@ -17,8 +17,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
-import inspect
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -28,18 +28,22 @@ from typing import Any
 
 import torch
 
-from ..coefficients import CoefficientFileError, Coefficients, describe, find_coefficients, list_coefficient_files, load
-from ..samplers import get_sigmas, sample_adasde
+from .. import policy
+from ..coefficients import list_coefficient_files
+from ..errors import InputFileError
+from ..samplers import sample_adasde, sample_amed
 from ..samplers.common import SeededNoise
 
 log = logging.getLogger("adasde")
 
-SAMPLERS = {"AdaSDE": ("adasde", "adasde"), "AMED": ("amed", "amed")}  # label -> (alias, coefficient kind)
+SAMPLERS = {"AdaSDE": ("adasde", "adasde"), "AMED": ("amed", "amed")}  # label -> (alias, policy sampler)
 SCHEDULER_NAME, SCHEDULER_LABEL = "adasde", "AdaSDE"
 INFOTEXT_FILE, INFOTEXT_NFE, INFOTEXT_HASH = "AdaSDE coefficients", "AdaSDE NFE", "AdaSDE coefficients hash"
-CHOICE_AUTO, CHOICE_UNTRAINED, CHOICE_SETTINGS = "auto", "untrained", "(Settings)"
+CHOICE_AUTO, CHOICE_UNTRAINED, CHOICE_SETTINGS = policy.AUTO, policy.UNTRAINED, "(Settings)"
 OPT_CHOICE, OPT_COMFY_DIR, OPT_DENOISE = "adasde_coefficients", "adasde_comfyui_dir", "adasde_final_denoise"
-SAMPLER_OPTIONS = {"brownian_noise": True}  # plus "scheduler": "adasde" where sd_schedulers exists
+OPT_DISCARD = "always_discard_next_to_last_sigma"  # the host's own option (C1)
+SAMPLER_OPTIONS = {"brownian_noise": True, "second_order": True}  # plus "scheduler": "adasde" where it exists
+SAME_SAMPLER = ("", "Use same sampler")  # hires sampler values meaning "the first-pass sampler"
 
 
 def _module(name: str) -> Any | None:
@@ -57,21 +61,73 @@ def _opt(name: str, default: Any) -> Any:
     return default if value is None else value
 
 
-# ------------------------------------------------------------------------------------------------- model detection
+# ------------------------------------------------------------------------------------------------ host features
 @dataclass(frozen=True)
-class ModelInfo:
-    """What the coefficient lookup needs to know about the loaded checkpoint."""
+class HostFeatures:
+    """What the running WebUI offers (docs/HOSTS.md section C4)."""
 
-    family: str  # "sd15", "sd21", "sdxl", "sd3", "flux" or "unknown"
-    prediction: str  # "eps", "v", "flow" or "unknown"
-    flow: bool
+    host: str  # "Forge" or "AUTOMATIC1111"
+    version: str  # the host's git tag, or "unknown"
+    schedulers: bool  # modules/sd_schedulers (A1111 >= 1.9): the AdaSDE scheduler exists
+    every_sampling: bool  # Script.process_before_every_sampling (A1111 >= 1.10)
+
+    def missing(self) -> list[str]:
+        """One sentence per feature this host lacks: what does not work and what to do."""
+        out = []
+        if not self.schedulers:
+            out.append("no modules/sd_schedulers (needs A1111 >= 1.9): there is no 'AdaSDE' schedule type, the "
+                       "samplers run on the host's grid and use a coefficient file only where that grid is part of "
+                       "the trained one")
+        if not self.every_sampling:
+            out.append("no Script.process_before_every_sampling (needs A1111 >= 1.10): 'Automatic' scheduling and "
+                       "the per-generation coefficient choice are unavailable; the Settings choice applies")
+        return out
+
+    def describe(self) -> str:
+        gaps = self.missing()
+        return (f"adasde: {self.host} {self.version}: "
+                + ("all features available" if not gaps else "; ".join(gaps) + "; update the WebUI to get them"))
 
 
-def detect_model(sd_model: Any) -> ModelInfo:
-    """Family and prediction of ``shared.sd_model`` from A1111 flags (``is_sdxl``, ``is_sd3``, ``is_sd2``, ``is_sd1``,
-    ``parameterization``) or Forge's engine class and ``forge_objects.unet.model.predictor``."""
+def host_features() -> HostFeatures:
+    """Feature detection (not version guessing), with the version tag for the log line."""
+    sd_samplers = _module("sd_samplers")
+    schedulers = _module("sd_schedulers")
+    scripts = _module("scripts")
+    forge = hasattr(sd_samplers, "add_sampler")
+    version = "unknown"
+    launch_utils = _module("launch_utils")
+    with contextlib.suppress(Exception):  # git_tag() runs git; any failure just leaves "unknown"
+        version = str(launch_utils.git_tag()) if launch_utils is not None else version
+    base = getattr(scripts, "Script", None)
+    return HostFeatures("Forge" if forge else "AUTOMATIC1111", version,
+                        schedulers is not None and hasattr(schedulers, "Scheduler"),
+                        base is not None and hasattr(base, "process_before_every_sampling"))
+
+
+# ------------------------------------------------------------------------------------------------- model detection
+def _table(sd_model: Any, inner_model: Any) -> torch.Tensor | None:
+    """The model's increasing sigma table: the host's sampler wrapper (``CompVisDenoiser`` / ``ForgeScheduleLinker``
+    ``.sigmas``), else Forge's predictor, else A1111's ``alphas_cumprod``."""
+    for holder in (inner_model, getattr(getattr(getattr(getattr(sd_model, "forge_objects", None), "unet", None),
+                                                "model", None), "predictor", None)):
+        table = getattr(holder, "sigmas", None)
+        if torch.is_tensor(table) and table.numel() > 1:
+            return table.detach().double().cpu()
+    ac = getattr(sd_model, "alphas_cumprod", None)
+    if torch.is_tensor(ac) and ac.numel() > 1:
+        ac = ac.detach().double().cpu()
+        return ((1 - ac) / ac).sqrt()
+    return None
+
+
+def detect_model(sd_model: Any, inner_model: Any = None) -> policy.ModelInfo:
+    """``policy.ModelInfo`` of the loaded checkpoint: family and prediction from A1111 flags (``is_sdxl``, ``is_sd3``,
+    ``is_sd2``, ``is_sd1``, ``parameterization``) or Forge's engine class and predictor; sigma range and discrete
+    table from the host's sampler wrapper ``inner_model`` (or the model); flow shift from the model sampling
+    object (docs/HOSTS.md sections C1, C2)."""
     if sd_model is None:
-        return ModelInfo("unknown", "unknown", False)
+        return policy.ModelInfo()
     cls = type(sd_model).__name__.lower()
     flag = lambda n: getattr(sd_model, n, False) is True  # noqa: E731
     if flag("is_flux") or "flux" in cls or "chroma" in cls:
@@ -86,7 +142,6 @@ def detect_model(sd_model: Any) -> ModelInfo:
         family = "sd15"
     else:
         family = "unknown"
-    prediction = "unknown"
     predictor = None
     with contextlib.suppress(AttributeError):
         predictor = sd_model.forge_objects.unet.model.predictor
@@ -99,13 +154,26 @@ def detect_model(sd_model: Any) -> ModelInfo:
         prediction = "flow"
     elif family in ("sd15", "sdxl"):
         prediction = "eps"
-    return ModelInfo(family, prediction, prediction == "flow")
+    else:
+        prediction = "unknown"
+    flow = prediction == "flow"
+    table = _table(sd_model, inner_model)
+    shift = None
+    if flow:
+        sampling = predictor if predictor is not None else getattr(getattr(sd_model, "model", None),
+                                                                   "model_sampling", None)
+        shift = getattr(sampling, "shift", None)
+    if table is None:
+        return policy.ModelInfo(family, prediction, flow=flow, flow_shift=shift,
+                                **({"sigma_min": 1e-3, "sigma_max": 1.0} if flow else {}))
+    return policy.ModelInfo(family, prediction, float(table.min()), float(table.max()),
+                            None if flow else table, flow, None if shift is None else float(shift))
 
 
 # -------------------------------------------------------------------------------------------- coefficient choice
 def coefficient_dirs() -> list[Path]:
     """``<models_path>/adasde`` and the ComfyUI folder from Settings (its ``models/adasde_coefficients`` if that exists,
-    else the folder itself); ``$ADASDE_COEFFICIENTS`` and the shipped files are added by the lookup."""
+    else the folder itself); they rank before ``$ADASDE_COEFFICIENTS`` and the shipped files (policy ranking)."""
     dirs: list[Path] = []
     paths = _module("paths")
     models_path = getattr(paths, "models_path", None)
@@ -120,7 +188,7 @@ def coefficient_dirs() -> list[Path]:
 
 
 def available_files() -> list[str]:
-    """File names offered in the dropdowns (relative to their search folder)."""
+    """File names offered in the dropdowns (the search path in the policy's folder order)."""
     names: list[str] = []
     for p in list_coefficient_files(coefficient_dirs()):
         if p.name not in names:
@@ -128,14 +196,12 @@ def available_files() -> list[str]:
     return names
 
 
-def _resolve_named(choice: str) -> Path | None:
-    direct = Path(choice).expanduser()
-    if direct.is_absolute() and direct.is_file():
-        return direct
-    for p in list_coefficient_files(coefficient_dirs()):
-        if p.name == choice or p.as_posix().endswith("/" + choice.replace(os.sep, "/")):
-            return p
-    return None
+def refresh_files() -> list[str]:
+    """Settings / script refresh button: rescan the coefficient folders (the lists are read fresh on every call)."""
+    names = available_files()
+    log.info("AdaSDE: %d coefficient files in %s and the shipped set", len(names),
+             ", ".join(str(d) for d in coefficient_dirs()) or "no WebUI folder")
+    return names
 
 
 def current_choice(p: Any) -> str:
@@ -146,35 +212,20 @@ def current_choice(p: Any) -> str:
     return str(_opt(OPT_CHOICE, CHOICE_AUTO) or CHOICE_AUTO)
 
 
-def select_coefficients(choice: str, info: ModelInfo, steps: int | None, kind: str = "adasde") -> Coefficients | None:
-    """Coefficients for ``choice`` (``auto`` | ``untrained`` | a file name or path); None means untrained AdaSDE.
-
-    A missing or broken file is reported in the WebUI log and falls back to untrained AdaSDE (DPM-Solver-2).
-    """
-    if choice == CHOICE_UNTRAINED:
-        return None
-    if choice == CHOICE_AUTO:
-        pred = info.prediction if info.prediction != "unknown" else None
-        found = find_coefficients(info.family, prediction=pred, steps=steps, dirs=coefficient_dirs(), kind=kind)
-        if found is None:
-            log.warning("AdaSDE: no %s coefficients for model family %r with %s steps in %s; using untrained %s "
-                        "(DPM-Solver-2). Distil some with `adasde distill` or the ComfyUI node.", kind, info.family,
-                        steps, [str(d) for d in coefficient_dirs()] + ["$ADASDE_COEFFICIENTS", "shipped"], kind)
-        return found
-    path = _resolve_named(choice)
-    if path is None:
-        log.error("AdaSDE: coefficient file %r not found in %s; using untrained AdaSDE (DPM-Solver-2). Put the file "
-                  "in models/adasde/ or choose 'auto'.", choice, [str(d) for d in coefficient_dirs()])
-        return None
-    try:
-        coeffs = load(path)
-    except CoefficientFileError as exc:
-        log.error("AdaSDE: %s -- using untrained AdaSDE (DPM-Solver-2) instead.", exc)
-        return None
-    if info.family != "unknown" and coeffs.model.family not in (info.family, "unknown"):
-        log.warning("AdaSDE: %s was distilled for %r but the loaded model looks like %r; results may be poor.",
-                    path.name, coeffs.model.family, info.family)
-    return coeffs
+def policy_choice(choice: str) -> str | Path:
+    """``auto`` / ``untrained`` as they are; a file name is looked up in the search path (folder order), an absolute
+    path taken as it is.  A name that is nowhere raises ``InputFileError``."""
+    if choice in (CHOICE_AUTO, CHOICE_UNTRAINED):
+        return choice
+    direct = Path(choice).expanduser()
+    if direct.is_absolute() and direct.is_file():
+        return direct
+    for p in list_coefficient_files(coefficient_dirs()):
+        if p.name == choice or p.as_posix().endswith("/" + choice.replace(os.sep, "/")):
+            return p
+    where = ", ".join(str(d) for d in coefficient_dirs()) or "models/adasde"
+    raise InputFileError(f"AdaSDE: coefficient file {choice!r} is not in {where}, $ADASDE_COEFFICIENTS or the "
+                         "shipped set; put it in models/adasde/ or choose 'auto' (Settings > AdaSDE)")
 
 
 # ------------------------------------------------------------------------------------------------ AMED features
@@ -247,13 +298,7 @@ class HookedDenoiser:
         return getattr(self.__dict__["inner_model"], name)
 
 
-# ----------------------------------------------------------------------------------------------------- samplers
-def _generation(model: Any) -> Any:
-    """The ``StableDiffusionProcessing`` of the running generation (A1111 sets ``CFGDenoiser.p``)."""
-    p = getattr(model, "p", None)
-    return p if p is not None else _CONTEXT.get("p")
-
-
+# ---------------------------------------------------------------------------------------------- generation state
 _CONTEXT: dict[str, Any] = {}
 
 
@@ -262,116 +307,159 @@ def set_generation(p: Any) -> None:
     _CONTEXT["p"] = p
 
 
-def _nfe(K: int, steps: int, ends_in_zero: bool, afs: bool) -> int:
-    """Model calls of one sampling call: (1 + K) steps - [AFS] + [trailing 0] (docs/ALGORITHMS.md section 3.3)."""
-    return (1 + K) * steps - int(afs) + int(ends_in_zero)
+def _generation(model: Any) -> Any:
+    """The ``StableDiffusionProcessing`` of the running generation (A1111 sets ``CFGDenoiser.p``)."""
+    p = getattr(model, "p", None)
+    return p if p is not None else _CONTEXT.get("p")
 
 
-def _write_infotext(p: Any, coeffs: Coefficients | None, trained: bool, nfe: int) -> None:
-    params = getattr(p, "extra_generation_params", None)
-    if params is None:
-        return
-    prefix = "Hires " if getattr(p, "is_hr_pass", False) else ""
-    use = coeffs is not None and bool(coeffs.source) and trained
-    params[prefix + INFOTEXT_FILE] = Path(coeffs.source).name if use else CHOICE_UNTRAINED
-    params[prefix + INFOTEXT_NFE] = nfe
-    if use:
-        params[prefix + INFOTEXT_HASH] = file_hash(coeffs.source)
+def _sd_model(p: Any) -> Any:
+    return getattr(p, "sd_model", None) or getattr(_module("shared"), "sd_model", None)
+
+
+def running_sampler(p: Any) -> str:
+    """Label of the sampler of the current pass: the hires sampler in a hires pass (when it is set), else the
+    first-pass sampler."""
+    if p is None:
+        return ""
+    if getattr(p, "is_hr_pass", False):
+        hr = str(getattr(p, "hr_sampler_name", "") or "")
+        if hr not in SAME_SAMPLER:
+            return hr
+    return str(getattr(p, "sampler_name", "") or "")
+
+
+def _ours(label: str) -> str | None:
+    """Our policy sampler name for a WebUI sampler label or alias, else None."""
+    if label in SAMPLERS:
+        return SAMPLERS[label][1]
+    for alias, name in SAMPLERS.values():
+        if label.lower() == alias:
+            return name
+    return None
+
+
+def tell(p: Any, notes: list[str]) -> None:
+    """The policy's notes, each once per generation: the WebUI log and, where the host has it, ``p.comment`` (shown
+    under the image)."""
+    seen = getattr(p, "_adasde_notes", None) if p is not None else None
+    for n in notes:
+        if seen is not None and n in seen:
+            continue
+        log.warning(n)
+        if p is not None:
+            if seen is None:
+                seen = set()
+                with contextlib.suppress(AttributeError):
+                    p._adasde_notes = seen
+            seen.add(n)
+            comment = getattr(p, "comment", None)
+            if callable(comment):
+                comment(n)
 
 
 def file_hash(path: str | os.PathLike) -> str:
     """First 10 hex digits of the file's SHA-256 (as the WebUI shortens model hashes)."""
-    import hashlib
-
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()[:10]
 
 
-def _amed_function() -> Callable[..., torch.Tensor] | None:
-    try:
-        from ..samplers import sample_amed
-    except ImportError:
-        return None
-    return sample_amed
+def _write_infotext(p: Any, plan: policy.Plan) -> None:
+    """Chosen file (or ``untrained``), NFE and file hash; ``Hires `` prefix in a hires pass."""
+    params = getattr(p, "extra_generation_params", None)
+    if params is None:
+        return
+    prefix = "Hires " if getattr(p, "is_hr_pass", False) else ""
+    path = plan.coeffs_path
+    params[prefix + INFOTEXT_FILE] = Path(path).name if plan.trained and path else CHOICE_UNTRAINED
+    params[prefix + INFOTEXT_NFE] = plan.nfe
+    if plan.trained and path and Path(path).is_file():
+        params[prefix + INFOTEXT_HASH] = file_hash(path)
+    else:
+        params.pop(prefix + INFOTEXT_HASH, None)
+
+
+# ----------------------------------------------------------------------------------------------------- samplers
+def sampler_plan(p: Any, name: str, sigmas: torch.Tensor, inner_model: Any = None) -> policy.Plan:
+    """The policy's plan for the grid the host hands our sampler.  After our own scheduler the coefficients are the
+    ones it chose (the host may have cut the grid: img2img, discard); otherwise the user's choice."""
+    info = detect_model(_sd_model(p), inner_model)
+    hr, scheduled = getattr(p, "adasde_plan", (None, None)) if p is not None else (None, None)
+    if scheduled is not None and scheduled.sampler == name and hr == bool(getattr(p, "is_hr_pass", False)):
+        choice: Any = scheduled.coeffs if scheduled.coeffs is not None else CHOICE_UNTRAINED
+        plan = policy.plan_for_sigmas(info, name, sigmas, coefficients=choice, dirs=coefficient_dirs())
+        plan.notes = [*scheduled.notes, *(n for n in plan.notes if n not in scheduled.notes)]
+        return plan
+    return policy.plan_for_sigmas(info, name, sigmas, coefficients=policy_choice(current_choice(p)),
+                                  dirs=coefficient_dirs())
 
 
 def make_sampler(label: str) -> Callable[..., torch.Tensor]:
     """The function handed to ``KDiffusionSampler`` for ``label`` (``AdaSDE`` or ``AMED``)."""
-    _, kind = SAMPLERS[label]
+    _, name = SAMPLERS[label]
 
     def sample(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                callback: Any = None, disable: bool | None = None, noise_sampler: Any = None,
                sigma_min: float | None = None, sigma_max: float | None = None, n: int | None = None) -> torch.Tensor:
-        """WebUI entry: picks coefficients, then runs the core sampler (docs/ALGORITHMS.md sections 3.2 and 4.2).
-
-        ``sigma_min``, ``sigma_max`` and ``n`` are accepted because the WebUI passes them by signature; the grid is
-        ``sigmas``.  Churn noise comes from the host's seeded ``noise_sampler`` (``p.seeds`` if there is none)."""
-        from ..samplers.adasde import resolve_tables
-        from ..samplers.common import sigma_list, split_trailing_zero
-
+        """WebUI entry: the policy's plan for ``sigmas``, then the core sampler (docs/ALGORITHMS.md sections 3.2
+        and 4.2).  ``sigma_min``, ``sigma_max`` and ``n`` are accepted because the WebUI passes them by signature;
+        the grid is ``sigmas``.  Churn noise comes from the host's seeded ``noise_sampler`` (``p.seeds`` if none)."""
         p = _generation(model)
-        shared = _module("shared")
-        info = detect_model(getattr(p, "sd_model", None) or getattr(shared, "sd_model", None))
-        positive, ends_in_zero = split_trailing_zero(sigma_list(sigmas))
-        steps = len(positive) - 1
-        coeffs = select_coefficients(current_choice(p), info, steps, kind=kind)
-        tables = resolve_tables(coeffs, positive, warn=False) if steps > 0 else None  # the sampler warns
-        trained = bool(tables is not None and tables.trained)
+        plan = sampler_plan(p, name, sigmas, getattr(model, "inner_model", None))
+        tell(p, plan.notes)
+        if p is not None:
+            _write_infotext(p, plan)
+            with contextlib.suppress(AttributeError):
+                p.adasde_last_plan = plan  # what ran, for scripts and tests
+        log.info("AdaSDE: %s", plan.describe())
         if noise_sampler is None and p is not None and getattr(p, "seeds", None):
             noise_sampler = SeededNoise(x, [int(s) for s in p.seeds[: x.shape[0]]])
-        if p is not None:
-            K, afs = (tables.K, tables.afs) if tables is not None else (1, False)
-            _write_infotext(p, coeffs, trained, _nfe(K, steps, ends_in_zero, afs))
-        log.info("AdaSDE: %s", describe(coeffs) if trained else describe(None))
-        kw = dict(extra_args=extra_args, callback=callback, disable=disable, coeffs=coeffs,
-                  noise_sampler=noise_sampler, flow=info.flow)
-        if kind == "adasde":
-            return sample_adasde(model, x, sigmas, **kw)
-        amed = _amed_function()
-        if amed is None:
-            log.warning("AMED: this adasde version has no AMED sampler; using the constant AMED tables.")
-            return sample_adasde(model, x, sigmas, **kw)  # constant AMED (section 4.5) / untrained fallback
-        params = inspect.signature(amed).parameters
-        kw = {k: v for k, v in kw.items() if k in params}
-        if coeffs is None or not coeffs.predictor or not trained:
-            return amed(model, x, sigmas, **kw)  # constant tables (section 4.5) or DPM-Solver-2: no hook needed
+        info = detect_model(_sd_model(p), getattr(model, "inner_model", None))
+        kw = dict(extra_args=extra_args, callback=callback, disable=disable, flow=info.flow, **plan.options())
+        if name == "adasde":
+            return sample_adasde(model, x, sigmas, noise_sampler=noise_sampler, **kw)
+        if plan.coeffs is None or not plan.coeffs.predictor:
+            return sample_amed(model, x, sigmas, **kw)  # constant tables (section 4.5) or DPM-Solver-2: no hook
         store = FeatureStore()
-        sd_model = getattr(p, "sd_model", None) or getattr(shared, "sd_model", None)
-        with bottleneck_capture(sd_model, store):
+        with bottleneck_capture(_sd_model(p), store):
             hooked = HookedDenoiser(model, store, info.flow)
-            if "features" in params:
-                kw["features"] = hooked.bottleneck
-            return amed(hooked, x, sigmas, **kw)
+            return sample_amed(hooked, x, sigmas, features=hooked.bottleneck, **kw)
 
-    sample.__name__ = f"sample_{kind}_webui"
+    sample.__name__ = f"sample_{name}_webui"
     return sample
 
 
 # ---------------------------------------------------------------------------------------------------- scheduler
+def _discarding() -> bool:
+    """Whether the host will drop the next-to-last sigma of this grid (C1, ``always_discard_next_to_last_sigma``)."""
+    return bool(_opt(OPT_DISCARD, False))
+
+
 def adasde_schedule(n: int, sigma_min: float, sigma_max: float, inner_model: Any = None,
                     device: Any = None, **_: Any) -> torch.Tensor:
-    """Scheduler ``AdaSDE``: the trained grid of the chosen coefficients for ``n`` steps (docs/ALGORITHMS.md section 2),
-    followed by 0 only when Settings ask for a final denoise or the sampler is not ours; without coefficients the
-    recommended untrained grid (discrete rho 1 from the model's sigma table, else time-uniform)."""
+    """Scheduler ``AdaSDE``: the grid of ``policy.plan`` for ``n`` steps (the trained grid of the chosen file, else
+    the model's default grid), followed by 0 only when Settings ask for a final denoise or the running sampler is
+    not ours.  Under "always discard next-to-last sigma" the host asks for ``n + 1`` steps and drops the
+    next-to-last value: a placeholder is put there, so the plan's points all survive the cut."""
     p = _CONTEXT.get("p")
-    shared = _module("shared")
-    sd_model = getattr(p, "sd_model", None) or getattr(shared, "sd_model", None)
-    info = detect_model(sd_model)
-    label = str(getattr(p, "sampler_name", "") or "")
-    ours = label in SAMPLERS or label.lower() in {a for a, _ in SAMPLERS.values()}
-    kind = SAMPLERS.get(label, ("", "adasde"))[1]
-    coeffs = select_coefficients(current_choice(p), info, int(n), kind=kind) if n >= 1 else None
-    if coeffs is not None:
-        s = coeffs.sigmas.to(torch.float32)
-    else:
-        table = getattr(inner_model, "sigmas", None)
-        if table is not None and not info.flow:
-            s = get_sigmas("discrete", int(n) + 1, float(sigma_min), float(sigma_max), 1.0, model_sigmas=table)
-        else:
-            s = get_sigmas("time_uniform" if not info.flow else "polynomial", int(n) + 1, float(sigma_min),
-                           float(sigma_max), 1.0)
-    if bool(_opt(OPT_DENOISE, False)) or not ours:
+    info = detect_model(_sd_model(p), inner_model)
+    label = running_sampler(p)
+    name = _ours(label) or "adasde"
+    discard = _discarding() and n > 1
+    steps = int(n) - 1 if discard else int(n)
+    plan = policy.plan(info, name, steps=steps, coefficients=policy_choice(current_choice(p)),
+                       dirs=coefficient_dirs())
+    tell(p, plan.notes)
+    if p is not None:
+        with contextlib.suppress(AttributeError):
+            p.adasde_plan = (bool(getattr(p, "is_hr_pass", False)), plan)
+    s = plan.sigmas.to(torch.float32)
+    if bool(_opt(OPT_DENOISE, False)) or _ours(label) is None:
         s = torch.cat([s, s.new_zeros(1)])
+    if discard:
+        last, before = s[-1:], s[-2:-1]
+        filler = before * 0.5 if float(last) == 0 else (before * last).sqrt()
+        s = torch.cat([s[:-1], filler, last])
     return s.to(device) if device is not None else s
 
 
@@ -383,11 +471,12 @@ def register() -> list[str]:
     common = _module("sd_samplers_common")
     if sd_samplers is None or kdiff is None or common is None:
         raise RuntimeError("adasde: modules.sd_samplers / sd_samplers_kdiffusion / sd_samplers_common not found; "
-                           "this script needs AUTOMATIC1111 >= 1.6 or Forge")
+                           "this extension needs AUTOMATIC1111 >= 1.6 or Forge")
+    features = host_features()
+    (log.warning if features.missing() else log.info)(features.describe())
     labels = list(SAMPLERS)
-    schedulers = _module("sd_schedulers")
-    has_schedulers = schedulers is not None and hasattr(schedulers, "Scheduler")
-    options = {**SAMPLER_OPTIONS, **({"scheduler": SCHEDULER_NAME} if has_schedulers else {})}
+    schedulers = _module("sd_schedulers") if features.schedulers else None
+    options = {**SAMPLER_OPTIONS, **({"scheduler": SCHEDULER_NAME} if schedulers is not None else {})}
     sd_samplers.all_samplers[:] = [s for s in sd_samplers.all_samplers if s.name not in labels]
     for label, (alias, _) in SAMPLERS.items():
         fn = make_sampler(label)
@@ -399,7 +488,7 @@ def register() -> list[str]:
             sd_samplers.all_samplers.append(data)
     sd_samplers.all_samplers_map = {s.name: s for s in sd_samplers.all_samplers}
     sd_samplers.set_samplers()
-    if has_schedulers:
+    if schedulers is not None:
         schedulers.schedulers[:] = [s for s in schedulers.schedulers if s.name != SCHEDULER_NAME]
         schedulers.schedulers.append(schedulers.Scheduler(SCHEDULER_NAME, SCHEDULER_LABEL, adasde_schedule,
                                                           need_inner_model=True))

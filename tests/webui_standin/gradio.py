@@ -6,8 +6,11 @@ from typing import Any
 
 
 class Component:
+    created: list = []  # every component built, in order (tests look up the ones they need)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.args, self.kwargs = args, kwargs
+        Component.created.append(self)
 
     def __enter__(self) -> Component:
         return self
@@ -30,3 +33,12 @@ class Textbox(Component):
 
 class Checkbox(Component):
     pass
+
+
+class Button(Component):
+    def click(self, fn: Any = None, inputs: Any = None, outputs: Any = None, **kwargs: Any) -> None:
+        self.handler, self.outputs = fn, outputs
+
+
+def update(**kwargs: Any) -> dict:
+    return {"__type__": "update", **kwargs}

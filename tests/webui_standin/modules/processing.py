@@ -1,5 +1,5 @@
-"""STAND-IN: ``modules.processing`` -- a tiny txt2img ``process_images`` that runs scripts, the sampler and builds the
-infotext from ``extra_generation_params``."""
+"""STAND-IN: ``modules.processing`` -- a tiny ``process_images`` (txt2img, img2img, the hires pass) that runs the
+scripts, the sampler and builds the infotext from ``extra_generation_params``; ``comment()`` as in A1111 1.10."""
 
 from __future__ import annotations
 
@@ -23,9 +23,20 @@ class StableDiffusionProcessing:
     extra_generation_params: dict = field(default_factory=dict)
     is_hr_pass: bool = False
     script_args: tuple = ()
+    denoising_strength: float = 0.0
+    init_latent: torch.Tensor | None = None  # img2img when set (StableDiffusionProcessingImg2Img)
+    enable_hr: bool = False
+    hr_sampler_name: str = "Use same sampler"
+    hr_scheduler: str = "Use same scheduler"
+    hr_second_pass_steps: int = 0
+    hr_denoising_strength: float = 0.7
+    comments: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.sd_model = self.sd_model or shared.sd_model
+
+    def comment(self, text: str) -> None:
+        self.comments[text] = 1
 
     def conds(self) -> tuple[torch.Tensor, torch.Tensor]:
         B = len(self.seeds)
@@ -44,14 +55,29 @@ def create_infotext(p: StableDiffusionProcessing) -> str:
 
 
 def process_images(p: StableDiffusionProcessing, scripts: list) -> tuple[torch.Tensor, str, Any]:
-    """Returns (samples, infotext, the sampler object)."""
+    """Returns (samples, infotext, the sampler object of the last pass)."""
     for s in scripts:
         s.process(p, *p.script_args)
     for s in scripts:
         s.process_before_every_sampling(p, *p.script_args)
     sampler = sd_samplers.create_sampler(p.sampler_name, p.sd_model)
     cond, uncond = p.conds()
-    samples = sampler.sample(p, p.initial_noise(), cond, uncond, steps=p.steps)
+    if p.init_latent is not None:
+        samples = sampler.sample_img2img(p, p.init_latent, p.initial_noise(), cond, uncond)
+    else:
+        samples = sampler.sample(p, p.initial_noise(), cond, uncond, steps=p.steps)
+    if p.enable_hr:  # A1111 sample_hr_pass: the hires sampler, img2img on the first pass's latents
+        p.is_hr_pass = True
+        p.denoising_strength = p.hr_denoising_strength
+        for s in scripts:
+            s.process_before_every_sampling(p, *p.script_args)
+        name = p.sampler_name if p.hr_sampler_name == "Use same sampler" else p.hr_sampler_name
+        if p.hr_scheduler == "Use same scheduler":
+            p.hr_scheduler = p.scheduler
+        sampler = sd_samplers.create_sampler(name, p.sd_model)
+        samples = sampler.sample_img2img(p, samples, p.initial_noise(), cond, uncond,
+                                         steps=p.hr_second_pass_steps or p.steps)
+        p.is_hr_pass = False
     for s in scripts:
         s.postprocess(p, None, *p.script_args)
     return samples, create_infotext(p), sampler

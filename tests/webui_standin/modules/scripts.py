@@ -1,4 +1,4 @@
-"""STAND-IN: ``modules.scripts`` (base class and ``AlwaysVisible``)."""
+"""STAND-IN: ``modules.scripts`` (base class with the A1111 1.10 hooks and ``AlwaysVisible``)."""
 
 AlwaysVisible = object()
 
@@ -8,3 +8,12 @@ class Script:
 
     def title(self):
         raise NotImplementedError
+
+    def process(self, p, *args):
+        pass
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        pass
+
+    def postprocess(self, p, processed, *args):
+        pass

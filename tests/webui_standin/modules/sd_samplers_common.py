@@ -1,4 +1,5 @@
-"""STAND-IN: ``modules.sd_samplers_common`` (``SamplerData`` namedtuple and a seeded noise sampler)."""
+"""STAND-IN: ``modules.sd_samplers_common`` (``SamplerData`` namedtuple, ``setup_img2img_steps`` and a seeded noise
+sampler)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,22 @@ SamplerDataTuple = namedtuple("SamplerData", ["name", "constructor", "aliases", 
 class SamplerData(SamplerDataTuple):
     def total_steps(self, steps: int) -> int:
         return steps * 2 if self.options.get("second_order", False) else steps
+
+
+def setup_img2img_steps(p, steps=None):
+    """A1111 1.10: with ``img2img_fix_steps`` (or explicit steps, as the hires pass gives) the grid has
+    ``int(steps / denoise)`` steps of which ``steps`` run; otherwise ``p.steps`` steps of which
+    ``int(denoise * steps) + 1`` run."""
+    from . import shared
+
+    if getattr(shared.opts, "img2img_fix_steps", False) or steps is not None:
+        requested = steps or p.steps
+        steps = int(requested / min(p.denoising_strength, 0.999)) if p.denoising_strength > 0 else 0
+        t_enc = requested - 1
+    else:
+        steps = p.steps
+        t_enc = int(min(p.denoising_strength, 0.999) * steps)
+    return steps, t_enc
 
 
 class SeededBrownianStandIn:

@@ -7,9 +7,10 @@ from typing import Any
 
 class OptionInfo:
     def __init__(self, default: Any = None, label: str = "", component: Any = None, component_args: Any = None,
-                 section: Any = None, **kw: Any) -> None:
+                 onchange: Any = None, section: Any = None, refresh: Any = None, **kw: Any) -> None:
         self.default, self.label, self.component, self.component_args, self.section = (
             default, label, component, component_args, section)
+        self.onchange, self.refresh = onchange, refresh  # refresh: a button next to the setting calls it
 
 
 class Options:

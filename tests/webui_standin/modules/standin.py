@@ -146,7 +146,7 @@ class CFGDenoiser(nn.Module):
 
 def configure(host: str, models_path: str = "") -> None:
     """Reset every stand-in module for ``host`` = ``"a1111"`` or ``"forge"``."""
-    from . import paths, script_callbacks, sd_samplers, sd_schedulers, shared
+    from . import launch_utils, paths, script_callbacks, sd_samplers, sd_schedulers, shared
 
     if host not in ("a1111", "forge"):
         raise ValueError(host)
@@ -159,3 +159,4 @@ def configure(host: str, models_path: str = "") -> None:
     shared.sd_model = LatentDiffusion() if host == "a1111" else StableDiffusionXL()
     paths.models_path = models_path
     script_callbacks.callbacks_ui_settings.clear()
+    launch_utils.tag = "v1.10.1" if host == "a1111" else "f2.0.1v1.10.1-previous-669-gdfdcbab6"
