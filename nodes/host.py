@@ -368,8 +368,9 @@ class BottleneckCapture:
 def comfy_sample_adasde(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                         callback: Callable | None = None, disable: bool | None = None, coeffs: Any = AUTO,
                         afs: bool | None = None, s_noise: float = 1.0) -> torch.Tensor:
-    """``sample_adasde`` on the policy's plan for ComfyUI's grid; ``afs`` overrides the plan's (AdaSDE Sampler node);
-    flow from the model's ``model_sampling``; churn noise seeded per image."""
+    """``sample_adasde`` on the policy's plan for ComfyUI's grid (the plan decides coefficients, rows and AFS; the
+    grid values are ComfyUI's float32 copy of the plan's); ``afs`` overrides the plan's (AdaSDE Sampler node); flow
+    from the model's ``model_sampling``; churn noise seeded per image."""
     from ..samplers import sample_adasde
 
     info = model_info(model)
@@ -378,7 +379,7 @@ def comfy_sample_adasde(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra
     opts = p.options()
     if afs is not None:
         opts["afs"] = afs
-    return sample_adasde(model, x, p.sigmas, extra_args=per_image_seeds(extra_args, x),
+    return sample_adasde(model, x, sigmas, extra_args=per_image_seeds(extra_args, x),
                          callback=callback, disable=disable, s_noise=s_noise, flow=info.flow, **opts)
 
 
@@ -399,7 +400,7 @@ def comfy_sample_amed(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_a
     cap = BottleneckCapture()
     opts["features"] = cap
     extra = cap.install(per_image_seeds(extra_args, x))
-    return sample_amed(model, x, p.sigmas, extra_args=extra, callback=callback, disable=disable,
+    return sample_amed(model, x, sigmas, extra_args=extra, callback=callback, disable=disable,
                        flow=info.flow, **opts)
 
 

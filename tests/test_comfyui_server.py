@@ -109,8 +109,9 @@ def test_ksampler_fallback_warns_and_runs(comfy: Server) -> None:
     entry = comfy.run(ksampler_graph(batch=1, seed=3, scheduler="karras", steps=2))
     assert all(s["std"] > 0 for s in stats_of(entry))
     # ComfyUI's karras grid (= polynomial rho 7) with its trailing 0 fits no file: the policy's note, shown verbatim
-    karras = append_zero(get_sigmas("polynomial", 3, SD15_SIGMA_MIN, SD15_SIGMA_MAX, rho=7.0)).float()
-    want = plan_for_sigmas(sd15_info(), "adasde", karras, dirs=coefficient_dirs(comfy))
+    info = sd15_info()
+    karras = append_zero(get_sigmas("polynomial", 2, info.sigma_min, info.sigma_max, rho=7.0)).float()  # 2 steps
+    want = plan_for_sigmas(info, "adasde", karras, dirs=coefficient_dirs(comfy))
     assert want.coeffs is None and len(want.notes) == 1
     (got,) = comfy.plans_since(mark)
     assert same_plan(plan_record(got), plan_record(want)), (got, want.protocol())
@@ -536,7 +537,8 @@ def test_policy_case_batch_1_vs_4(comfy: Server, case_files: dict, plans_json: P
     g["d"] = direct_node(want, ["lat", 0], seed=25)
     four = _check_case(comfy, plans_json, "batch-4", g, [want])
     one = stats_of(comfy.run(ksampler_graph(batch=1, seed=25)))
-    assert one[0]["values"] == stats_of(four)[0]["values"]  # same seed, same first image, whatever the batch
+    # same seed, same first image whatever the batch (batched kernels round differently: float32 tolerance)
+    torch.testing.assert_close(_values(one)[0], _values(stats_of(four))[0], atol=LATENT_TOL, rtol=LATENT_TOL)
 
 
 def test_policy_case_named_file(comfy: Server, case_files: dict, plans_json: Path) -> None:

@@ -12,7 +12,8 @@ Loaded by the ComfyUI tests through the ``custom_nodes:`` key of an extra_model_
   UI output, for assertions via /history.
 * ``AdaSDETestSigmas`` (output node): the values of a SIGMAS socket in the UI output.
 * ``AdaSDETestDirect`` -> LATENT: the library's direct call (``samplers.SAMPLERS[name]`` on a plan given as JSON:
-  sigmas, coefficient file, AFS) on ComfyUI's model, conditioning, CFG and noise: the reference a door is compared to.
+  sigmas in ComfyUI's float32, coefficient file, AFS) on ComfyUI's model, conditioning, CFG and noise: the reference
+  a door is compared to.
 * ``AdaSDETestModelHash`` (output node): sha256 of a MODEL's weights (values) and of the identity of its tensors.
 """
 
@@ -196,7 +197,7 @@ class Direct(io.ComfyNode):
         from adasde.samplers import SAMPLERS
 
         spec = json.loads(plan)
-        sigmas = torch.tensor(spec["sigmas"], dtype=torch.float64)
+        sigmas = torch.tensor(spec["sigmas"], dtype=torch.float32)  # a SIGMAS socket holds float32 values
         coeffs = load(spec["coefficients"]) if spec.get("coefficients") else None
         x0 = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
         noise = (comfy.sample.prepare_noise(x0, seed, latent.get("batch_index")) if add_noise
