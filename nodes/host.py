@@ -277,19 +277,42 @@ def scheduler_plan(info: ModelInfo, steps: int, sampler: str = "adasde") -> Plan
     return p
 
 
-def sampling_plan(info: ModelInfo, sampler: str, sigmas: torch.Tensor, coeffs: Any = AUTO) -> Plan:
-    """The policy's plan for a grid handed to a sampler.  A grid without a trailing 0 that equals the ``adasde``
-    scheduler's grid for its step count is that scheduler's plan (``policy.plan``); any other grid is fitted with
-    ``policy.plan_for_sigmas`` (img2img suffixes and split-run segments use the trained rows from the offset)."""
+# The last grids the ``adasde`` scheduler emitted, per model_sampling object: a sampler that receives one of them, or a
+# contiguous part (KSampler with denoise < 1, KSamplerAdvanced stages), plans it as that part of the scheduler's plan.
+_EMITTED: dict[int, tuple[weakref.ref, list[Plan]]] = {}
+_EMITTED_KEEP = 8
+
+
+def _emitted(model_sampling: Any, p: Plan | None = None) -> list[Plan]:
+    hit = _EMITTED.get(id(model_sampling))
+    plans = hit[1] if hit is not None and hit[0]() is model_sampling else []
+    if p is not None:
+        plans = [p] + [q for q in plans if q.steps != p.steps or q.sampler != p.sampler][: _EMITTED_KEEP - 1]
+        try:
+            _EMITTED[id(model_sampling)] = (weakref.ref(model_sampling), plans)
+        except TypeError:
+            pass
+    return plans
+
+
+def sampling_plan(info: ModelInfo, sampler: str, sigmas: torch.Tensor, coeffs: Any = AUTO,
+                  model_sampling: Any = None) -> Plan:
+    """The policy's plan for a grid handed to a sampler.  With ``"auto"``, a grid without a trailing 0 that is a
+    contiguous part of a grid the ``adasde`` scheduler emitted for this model is planned as that part of the
+    scheduler's plan (``policy.plan(steps=, start_step=, end_step=)``: its note advises distilling, not another
+    scheduler); any other grid is fitted with ``policy.plan_for_sigmas`` (trained rows from the offset for img2img
+    suffixes and split-run segments)."""
     c = choice(coeffs)
     dirs = coefficient_dirs()
     host = [float(v) for v in sigmas.detach().flatten().cpu().tolist()]
-    if c == AUTO and host and host[-1] > 0 and len(host) >= 2:
-        p = scheduler_plan(info, len(host) - 1, sampler)
-        if p.sampler == sampler:
-            emitted = [float(v) for v in p.sigmas.tolist()]
-            if len(emitted) == len(host) and fit_grid(host, emitted) == 0:
-                return p
+    if c == AUTO and len(host) >= 2 and host[-1] > 0 and model_sampling is not None:
+        for emitted in _emitted(model_sampling):
+            o = fit_grid(host, [float(v) for v in emitted.sigmas.tolist()])
+            if o is None:
+                continue
+            p = plan(info, sampler, steps=emitted.steps, start_step=o, end_step=o + len(host) - 1, dirs=dirs)
+            if len(p.sigmas) == len(host) and fit_grid(host, [float(v) for v in p.sigmas.tolist()]) == 0:
+                return p  # (a file added since the scheduler ran changes the policy's grid: then fit instead)
     return plan_for_sigmas(info, sampler, sigmas, coefficients=c, dirs=dirs)
 
 
@@ -374,7 +397,7 @@ def comfy_sample_adasde(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra
     from ..samplers import sample_adasde
 
     info = model_info(model)
-    p = sampling_plan(info, "adasde", sigmas, coeffs)
+    p = sampling_plan(info, "adasde", sigmas, coeffs, model_sampling_of(model))
     report(p)
     opts = p.options()
     if afs is not None:
@@ -392,7 +415,7 @@ def comfy_sample_amed(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_a
     from ..samplers import sample_amed
 
     info = model_info(model)
-    p = sampling_plan(info, "amed", sigmas, coeffs)
+    p = sampling_plan(info, "amed", sigmas, coeffs, model_sampling_of(model))
     report(p)
     opts = p.options()
     if afs is not None:
@@ -409,7 +432,9 @@ def adasde_scheduler(model_sampling: Any, steps: int) -> torch.Tensor:
     """The ``adasde`` scheduler: ``steps + 1`` positive sigmas from the grid's sigma_max to its sigma_min (the trained
     grid of the policy's file for this model and step count, else the model's default grid), no trailing 0."""
     info = info_from_sampling(model_sampling, family_of_sampling(model_sampling))
-    return scheduler_plan(info, int(steps)).sigmas.to(torch.float32).cpu()
+    p = scheduler_plan(info, int(steps))
+    _emitted(model_sampling, p)
+    return p.sigmas.to(torch.float32).cpu()
 
 
 # ------------------------------------------------------------------------------------------------ registration

@@ -600,6 +600,18 @@ def test_policy_case_denoise(comfy: Server, case_files: dict, plans_json: Path) 
     _check_case(comfy, plans_json, "denoise-0.6", g, [want])
 
 
+def test_policy_case_denoise_without_file(comfy: Server, case_files: dict, plans_json: Path) -> None:
+    """No 6-step file: the last 3 of the model's default 6-step grid, untrained, with the policy's note (which
+    advises distilling; the 'adasde' scheduler is already in use)."""
+    want = _policy(comfy, steps=3, denoise=0.5)
+    assert want.coeffs is None and len(want.notes) == 1 and "'adasde' scheduler" not in want.notes[0]
+    g = ksampler_graph(batch=1, seed=28)
+    g["ks"]["inputs"]["denoise"] = 0.5
+    g["direct"] = stats_node(["d", 0])
+    g["d"] = direct_node(want, ["lat", 0], seed=28)
+    _check_case(comfy, plans_json, "denoise-0.5-untrained", g, [want])
+
+
 def test_policy_case_two_stage_split(comfy: Server, case_files: dict, plans_json: Path) -> None:
     first, second = _policy(comfy, steps=3, end_step=1), _policy(comfy, steps=3, start_step=1)
     assert (first.offset, second.offset) == (0, 1) and Path(second.coeffs_path).name == TRAINED_FILE
