@@ -1,7 +1,8 @@
 """ComfyUI node pack (V3).  Imported only inside ComfyUI, lazily, by the root ``comfy_entrypoint``.
 
-Importing this package registers the ``adasde`` / ``amed`` samplers, the ``adasde`` scheduler and the
-``adasde_coefficients`` folder (idempotent; repeated in ``on_load``).
+Registration of the ``adasde`` / ``amed`` samplers, the ``adasde`` scheduler and the ``adasde_coefficients`` folder
+happens in one place, :meth:`AdaSDEExtension.on_load`, which ComfyUI 0.30 awaits before it reads the node list or
+serves a request (docs/HOSTS.md section B1).
 """
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from . import host
-
-host.register()
 
 
 class AdaSDEExtension(ComfyExtension):

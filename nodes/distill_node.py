@@ -9,12 +9,17 @@ handled by ComfyUI itself; the sampler hands the guider-wrapped denoiser to the 
   the live chart in ``web/adasde.js``.
 * Cancel: the progress callback calls ``comfy.model_management.throw_exception_if_processing_interrupted()``; the
   library's checkpoint (``<file>.ckpt`` next to the output) survives and the next run with the same settings resumes.
+* The user's model is never changed: training runs on a copy of the module tree whose inference-mode tensors
+  are cloned (autograd cannot save those) and whose other tensors are shared read-only, inside a fresh
+  ModelPatcher (:func:`training_model`).
+* Seed: ``fixed`` after each run (``control_after_generate``), so Cancel then Queue resumes with the same settings.
 * Output: written atomically into the ``adasde_coefficients`` folder (listed by every coefficient combo without a
   restart); returns the SAMPLER, the SIGMAS and an IMAGE of the loss curve and coefficients.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -24,6 +29,7 @@ from typing import Any
 import torch
 from comfy_api.latest import io
 
+from ..errors import UsageError
 from . import host
 from .plot import chart
 
@@ -38,7 +44,7 @@ def safe_file_name(name: str) -> str:
     if stem.endswith(".safetensors"):
         stem = stem[: -len(".safetensors")]
     if not stem or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\- ]{0,120}", stem) or ".." in stem:
-        raise ValueError(
+        raise UsageError(
             f"Distill AdaSDE Coefficients: file_name {name!r} is not a plain file name; use letters, digits, "
             f"'-', '_', '.' and spaces only (e.g. 'sd15-nfe5'); it is saved in the {host.FOLDER} folder"
         )
@@ -55,22 +61,22 @@ def checkpoint_path(fname: str) -> str:
     return os.path.join(d, fname[: -len(".safetensors")] + ".ckpt.safetensors")
 
 
-def _make_denoiser(guider_call: Any, info: dict[str, Any], shape: tuple[int, ...], name: str | None) -> Any:
-    """A library ``Denoiser`` around the CFG-combined ComfyUI model call, with the UNet bottleneck captured."""
+def _make_denoiser(guider_call: Any, info: Any, shape: tuple[int, ...], name: str | None) -> Any:
+    """A library ``Denoiser`` around the CFG-combined ComfyUI model call, with the UNet bottleneck captured; its
+    identity and default grid are the policy's ``ModelInfo`` of the model (docs/ALGORITHMS.md section 10)."""
     from ..loaders import Denoiser
 
     cap = host.BottleneckCapture()
 
     class ComfyDenoiser(Denoiser):
-        sigma_min = float(info["sigma_min"])
-        sigma_max = float(info["sigma_max"])
+        sigma_min = info.sigma_min
+        sigma_max = info.sigma_max
         sample_shape = tuple(shape)
-        family = info["family"]
-        prediction = info["prediction"]
-        flow = bool(info["flow"])
-        model_sigmas = info["model_sigmas"]
-        default_schedule = ("discrete", 1.0) if info["model_sigmas"] is not None and not info["flow"] else (
-            "logsnr" if info["flow"] else "time_uniform", 1.0)
+        family = info.family
+        prediction = info.prediction
+        flow = info.flow
+        model_sigmas = info.model_sigmas
+        default_schedule = info.schedule()
 
         def denoise(self, x: torch.Tensor, sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
             return guider_call(x, sigma, cap)
@@ -85,14 +91,6 @@ def _make_denoiser(guider_call: Any, info: dict[str, Any], shape: tuple[int, ...
             return d
 
     return ComfyDenoiser()
-
-
-def _get(info: Any, *names: str) -> Any:
-    for n in names:
-        v = info.get(n) if isinstance(info, dict) else getattr(info, n, None)
-        if v is not None:
-            return v
-    return None
 
 
 def _coeff_lists(c: Any) -> dict[str, list[list[float]]]:
@@ -134,19 +132,26 @@ def _encode_prompts(clip: Any, text: str) -> list | None:
     return [[torch.cat(conds), extra]]
 
 
-def _deinference_(module: torch.nn.Module) -> int:
-    """Replace inference-mode parameters/buffers by ordinary copies (same values) so autograd can save them."""
-    n = 0
-    for m in module.modules():
-        for k, p in list(m._parameters.items()):
-            if p is not None and p.is_inference():
-                m._parameters[k] = torch.nn.Parameter(p.clone(), requires_grad=False)
-                n += 1
-        for k, b in list(m._buffers.items()):
-            if b is not None and b.is_inference():
-                m._buffers[k] = b.clone()
-                n += 1
-    return n
+def _module_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the module tree with its own parameter, buffer and submodule tables: inference-mode tensors are
+    cloned into ordinary ones (same values), all other tensors are shared and only read."""
+    new = copy.copy(module)
+    new._parameters = {k: torch.nn.Parameter(p.clone(), requires_grad=False) if p is not None and p.is_inference()
+                       else p for k, p in module._parameters.items()}
+    new._buffers = {k: b.clone() if b is not None and b.is_inference() else b for k, b in module._buffers.items()}
+    new._modules = {k: _module_copy(m) if m is not None else None for k, m in module._modules.items()}
+    return new
+
+
+def training_model(model: Any) -> Any:
+    """A ModelPatcher for the training path that shares no mutable state with the user's ``model``: ComfyUI first
+    unloads the loaded models (so the weights are the unpatched ones), then the module tree is copied
+    (:func:`_module_copy`) and wrapped in a clone with its own backup tables (docs/HOSTS.md section B4)."""
+    import comfy.model_management as mm
+
+    mm.unload_all_models()
+    work = _module_copy(model.model)
+    return model.clone(model_override=(work, ({}, {}, {}, set())))
 
 
 class DistillAdaSDE(io.ComfyNode):
@@ -169,7 +174,8 @@ class DistillAdaSDE(io.ComfyNode):
                 io.Float.Input("cfg", default=7.5, min=0.0, max=30.0, step=0.1),
                 io.Int.Input("width", default=512, min=16, max=4096, step=8),
                 io.Int.Input("height", default=512, min=16, max=4096, step=8),
-                io.Int.Input("steps", default=4, min=1, max=50, tooltip="Student steps (grid points - 1)."),
+                io.Int.Input("steps", default=4, min=1, max=50,
+                             tooltip="Student sampling steps (grid intervals); a 3-step file with AFS runs at NFE 5."),
                 io.Int.Input("target_nfe", default=0, min=0, max=100,
                              tooltip="If > 0, overrides steps: grid size and AFS chosen to use exactly this NFE."),
                 io.Int.Input("teacher_M", default=3, min=0, max=20, tooltip="Teacher points per student interval."),
@@ -181,7 +187,9 @@ class DistillAdaSDE(io.ComfyNode):
                                tooltip="Adam learning rate (paper: 0.2, cosine-annealed)."),
                 io.Boolean.Input("afs", default=True, tooltip="Analytical first step (ignored with target_nfe, "
                                                               "which picks it from the NFE parity)."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
+                             control_after_generate=io.ControlAfterGenerate.fixed,
+                             tooltip="Seed of the teacher trajectories; kept fixed so a cancelled run resumes."),
                 io.String.Input("file_name", default="adasde-distilled"),
                 io.Boolean.Input("resume", default=True, tooltip="Resume from the checkpoint of a cancelled run."),
             ],
@@ -213,18 +221,15 @@ class DistillAdaSDE(io.ComfyNode):
         with torch.inference_mode(False), torch.enable_grad():
             pos = _encode_prompts(clip, prompts) or positive
             if pos is None:
-                raise ValueError("Distill AdaSDE Coefficients: connect 'positive' CONDITIONING, or a CLIP plus at "
+                raise UsageError("Distill AdaSDE Coefficients: connect 'positive' CONDITIONING, or a CLIP plus at "
                                  "least one line in 'prompts'")
             neg = negative
             if neg is None:
                 if clip is None:
-                    raise ValueError("Distill AdaSDE Coefficients: connect 'negative' CONDITIONING or a CLIP (the "
+                    raise UsageError("Distill AdaSDE Coefficients: connect 'negative' CONDITIONING or a CLIP (the "
                                      "empty prompt is used as negative)")
                 neg = clip.encode_from_tokens_scheduled(clip.tokenize(""))
-            mp = model.clone()
-            changed = _deinference_(mp.model)
-            if changed:
-                log.info("AdaSDE distill: %d inference-mode tensors copied for autograd", changed)
+            mp = training_model(model)
             info = host.model_info(mp)
             latent_format = mp.get_model_object("latent_format")
             channels = int(getattr(latent_format, "latent_channels", 4))
@@ -235,17 +240,11 @@ class DistillAdaSDE(io.ComfyNode):
             state: dict[str, Any] = {"losses": [], "coeffs": None}
             pbar = comfy.utils.ProgressBar(trajectories)
 
-            def progress(p: Any) -> None:
-                done = _get(p, "trajectories", "done")
-                total = trajectories
-                loss = _get(p, "loss")
-                if loss is not None:
-                    state["losses"].append(float(loss))
-                c = _get(p, "coeffs", "coefficients", "tables")
-                if c is not None:
-                    state["coeffs"] = c
-                if done is not None:
-                    pbar.update_absolute(min(int(done), int(total)), int(total))
+            def progress(p: dict[str, Any]) -> None:  # the engine's progress record (distill/engine.py run)
+                done, total, loss = int(p["trajectories"]), int(trajectories), float(p["loss"])
+                state["losses"].append(loss)
+                state["coeffs"] = p["coefficients"]
+                pbar.update_absolute(min(done, total), total)
                 _send({"node": node_id, "done": done, "total": total, "loss": loss,
                        "losses": state["losses"][-500:], "coeffs": _coeff_lists(state["coeffs"]), "file": fname})
                 mm.throw_exception_if_processing_interrupted()
@@ -280,7 +279,7 @@ class DistillAdaSDE(io.ComfyNode):
             mm.load_models_gpu([mp])
             device = mm.get_torch_device()
             dummy = torch.zeros((1, *shape), device="cpu")
-            grid = append_zero(torch.tensor([float(info["sigma_max"]), float(info["sigma_min"])]))
+            grid = append_zero(torch.tensor([info.sigma_max, info.sigma_min]))
             guider.sample(dummy, dummy, _DistillSampler(), grid.to(device), seed=seed)
             coeffs = result["coeffs"]
 
@@ -288,14 +287,14 @@ class DistillAdaSDE(io.ComfyNode):
         if ident is not None:
             for k in ("family", "prediction"):
                 if getattr(ident, k, "unknown") in (None, "unknown"):
-                    setattr(ident, k, info[k])
+                    setattr(ident, k, getattr(info, k))
         save(coeffs, out_path)
         if os.path.exists(ckpt_path):
             os.remove(ckpt_path)
         losses = state["losses"]
         img = chart(losses, coeffs, title=f"{fname}: {coeffs.steps} steps, NFE {coeffs.nfe}")
         sampler = comfy.samplers.KSAMPLER(host.comfy_sample_adasde, extra_options={"coeffs": coeffs})
-        sigmas = append_zero(coeffs.sigmas.flatten().float().cpu())
+        sigmas = coeffs.sigmas.flatten().float().cpu()  # the trained grid, as AdaSDE Sigmas emits it
         summary = {"file": fname, "nfe": int(coeffs.nfe), "steps": int(coeffs.steps),
                    "final_loss": losses[-1] if losses else None, "losses": losses[-500:],
                    "coeffs": _coeff_lists(coeffs)}

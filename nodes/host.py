@@ -1,30 +1,40 @@
-"""ComfyUI glue shared by the nodes: registration, model introspection, coefficient lookup, bottleneck capture.
+"""ComfyUI glue shared by the nodes: registration, model identity, the policy calls, bottleneck capture, seeds.
 
-Imported only inside ComfyUI (it imports ``comfy.*`` and ``folder_paths`` lazily inside functions, so importing it
-elsewhere is harmless).  Facts used here are documented in docs/HOSTS.md sections A1-A7 and B5.
+Imported only inside ComfyUI (``comfy.*``, ``folder_paths`` and ``server`` are imported inside functions).  The
+facts used here are documented in docs/HOSTS.md sections A1-A9 and B5.  Every decision about grids, coefficient
+files, trained rows, NFE and warning texts is the library's sampling policy (``policy.plan`` /
+``policy.plan_for_sigmas``, docs/ALGORITHMS.md section 10); this module only builds the policy's
+:class:`~policy.ModelInfo` from ComfyUI's objects, hands it the ``adasde_coefficients`` folders, runs the plan and
+shows the plan's notes.
 
-* :func:`register` (idempotent, called at import of the node pack and again in ``on_load``): sets
+* :func:`register` (idempotent, called once from the extension's ``on_load``): sets
   ``comfy.k_diffusion.sampling.sample_adasde`` / ``sample_amed``, appends ``adasde`` / ``amed`` *in place* to
-  ``comfy.samplers.KSAMPLER_NAMES`` and ``SAMPLER_NAMES`` (never rebinding them: ``KSampler.SAMPLERS`` is the same
-  list object), adds the ``adasde`` scheduler to ``SCHEDULER_HANDLERS`` and in place to ``SCHEDULER_NAMES``, and
-  registers the ``adasde_coefficients`` model folder (merged with one configured in extra_model_paths.yaml).
-* The KSampler-dropdown entries pick coefficients automatically (:func:`select_coefficients`) by model family,
-  prediction type and sigma grid, and fall back to untrained AdaSDE with a visible warning (log + UI toast).
-* Reproducibility per image: :func:`per_image_seeds` turns ComfyUI's single ``seed`` into one churn seed per image
-  derived from the seed and the image's own starting noise, so an image comes out the same whatever the batch size
-  or its position in the batch (ComfyUI's initial noise already depends only on seed and batch index).
+  ``comfy.samplers.KSAMPLER_NAMES`` and ``SAMPLER_NAMES``, adds the ``adasde`` scheduler to ``SCHEDULER_HANDLERS``
+  and in place to ``SCHEDULER_NAMES``, and registers the ``adasde_coefficients`` model folder.
+* The ``adasde`` scheduler returns ``policy.plan(info, "adasde", steps=steps).sigmas``: ``steps + 1`` positive
+  values from the grid's sigma_max to its sigma_min, no trailing 0 (docs/HOSTS.md section A5).
+* Per image reproducibility: :func:`per_image_seeds` (docs/HOSTS.md section A2).
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import json
 import logging
+import math
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from ..coefficients import Coefficients
+from ..errors import InputFileError
+from ..policy import AUTO, UNTRAINED, ModelInfo, Plan, plan, plan_for_sigmas
+from ..samplers.adasde import fit_grid
 
 log = logging.getLogger("adasde")
 
@@ -32,8 +42,7 @@ FOLDER = "adasde_coefficients"
 EXTENSIONS = {".safetensors"}
 SAMPLER_NAMES = ("adasde", "amed")
 SCHEDULER_NAME = "adasde"
-AUTO = "auto"
-UNTRAINED = "untrained"
+PLAN_LOG = "AdaSDE plan: "  # log prefix of the JSON record of every plan a sampler runs (docs/HOSTS.md section A9)
 
 
 # ------------------------------------------------------------------------------------------------ coefficient files
@@ -50,6 +59,15 @@ def register_folder() -> None:
     folder_paths.folder_names_and_paths[FOLDER] = (paths, set(exts) | EXTENSIONS)
 
 
+def coefficient_dirs() -> list[str]:
+    """The ``adasde_coefficients`` folders in ComfyUI's order: the policy searches them first, then the library's
+    search path (docs/ALGORITHMS.md section 10)."""
+    import folder_paths
+
+    register_folder()
+    return list(folder_paths.get_folder_paths(FOLDER))
+
+
 def coefficient_files() -> list[str]:
     """Relative names of the coefficient files (fresh listing: a file written by Distill shows up at once)."""
     import folder_paths
@@ -60,10 +78,7 @@ def coefficient_files() -> list[str]:
 
 def output_folder() -> str:
     """The folder new coefficient files are written to (the first, i.e. default, path)."""
-    import folder_paths
-
-    register_folder()
-    return folder_paths.get_folder_paths(FOLDER)[0]
+    return coefficient_dirs()[0]
 
 
 def coefficient_path(name: str) -> str:
@@ -72,19 +87,19 @@ def coefficient_path(name: str) -> str:
     register_folder()
     path = folder_paths.get_full_path(FOLDER, name)
     if path is None:
-        raise FileNotFoundError(
+        raise InputFileError(
             f"AdaSDE: coefficient file {name!r} is not in the {FOLDER} folder(s) "
             f"{folder_paths.get_folder_paths(FOLDER)}; pick one from the list, 'auto', or distil one first"
         )
     return path
 
 
-_LOAD_CACHE: dict[str, tuple[float, int, Any]] = {}
+_LOAD_CACHE: dict[str, tuple[float, int, Coefficients]] = {}
 _LOCK = threading.Lock()
 
 
-def load_coefficients(path: str) -> Any:
-    """Load (cached by path, mtime and size) a coefficient file with the library loader."""
+def load_coefficients(path: str) -> Coefficients:
+    """``coefficients.load`` cached by path, mtime and size."""
     from ..coefficients import load
 
     st = os.stat(path)
@@ -99,18 +114,14 @@ def load_coefficients(path: str) -> Any:
     return coeffs
 
 
-def all_coefficients() -> list[tuple[str, Any]]:
-    """(name, Coefficients) for every readable file in the folder; unreadable files are logged and skipped."""
-    out = []
-    for name in coefficient_files():
-        try:
-            out.append((name, load_coefficients(coefficient_path(name))))
-        except Exception as exc:  # noqa: BLE001 - one bad file must not break the dropdown entry
-            log.warning("AdaSDE: skipping coefficient file %s: %s", name, exc)
-    return out
+def choice(value: Any) -> Any:
+    """A node's coefficient choice for the policy: ``"auto"``, ``"untrained"``, or the named file's record."""
+    if value is None or isinstance(value, Coefficients) or value in (AUTO, UNTRAINED):
+        return AUTO if value is None else value
+    return load_coefficients(coefficient_path(str(value)))
 
 
-# ------------------------------------------------------------------------------------------------ model introspection
+# ------------------------------------------------------------------------------------------------ model identity
 def _find_attr(model: Any, names: tuple[str, ...], depth: int = 6) -> Any:
     m = model
     for _ in range(depth):
@@ -138,9 +149,13 @@ def model_sampling_of(model: Any) -> Any:
     return _find_attr(model, ("model_sampling",))
 
 
+def _class_names(obj: Any) -> set[str]:
+    return {c.__name__ for c in type(obj).__mro__}
+
+
 def prediction_of(model_sampling: Any) -> str:
-    """Our prediction name for a ComfyUI model_sampling object (most specific class first)."""
-    names = [c.__name__ for c in type(model_sampling).__mro__]
+    """Our prediction name for a ComfyUI model_sampling object (most specific class first; docs/HOSTS.md A4)."""
+    names = _class_names(model_sampling)
     for cls, pred in (("EDM", "edm"), ("X0", "x0"), ("CONST", "flow"), ("V_PREDICTION", "v"), ("EPS", "eps")):
         if cls in names:
             return pred
@@ -152,91 +167,160 @@ FAMILIES = {"SD15": "sd15", "SD20": "sd21", "SD21UnclipL": "sd21", "SD21UnclipH"
             "FluxSchnell": "flux", "AuraFlow": "auraflow", "StableCascade_C": "cascade"}
 
 
+def family_of_config(cfg: Any) -> str:
+    """Model family from a ``model_config``'s class name (SD15 -> sd15, SDXL -> sdxl, ...; else lower-cased)."""
+    name = type(cfg).__name__ if cfg is not None else "unknown"
+    return FAMILIES.get(name, name.lower())
+
+
 def family_of(model: Any) -> str:
-    """Model family from ``model_config``'s class name (SD15 -> sd15, SDXL -> sdxl, ...; else lower-cased name)."""
     mp = model_patcher_of(model)
     base = getattr(mp, "model", None) if mp is not None else _find_attr(model, ("model_config",))
-    cfg = getattr(base, "model_config", base)
-    from ..coefficients.lookup import normalize_family
-
-    name = type(cfg).__name__ if cfg is not None else "unknown"
-    return normalize_family(FAMILIES.get(name, name.lower())) or "unknown"
+    return family_of_config(getattr(base, "model_config", base))
 
 
-def model_info(model: Any) -> dict[str, Any]:
-    """family, prediction, flow, sigma_min, sigma_max and the 1000-entry sigma table (or None) of a ComfyUI model."""
+def info_from_sampling(model_sampling: Any, family: str = "unknown") -> ModelInfo:
+    """The policy's ModelInfo from a ``model_sampling`` object: prediction from its classes, sigma range, the discrete
+    table of ``ModelSamplingDiscrete`` models, and for flow models the shift of the time map (Flux stores mu, the
+    log of that shift; docs/HOSTS.md section A4)."""
+    names = _class_names(model_sampling)
+    pred = prediction_of(model_sampling)
+    flow = pred == "flow"
+    table = getattr(model_sampling, "sigmas", None)
+    discrete = "ModelSamplingDiscrete" in names and torch.is_tensor(table) and table.numel() >= 2
+    shift = None
+    if flow and getattr(model_sampling, "shift", None) is not None:
+        shift = float(model_sampling.shift)
+        if "ModelSamplingFlux" in names:
+            shift = math.exp(shift)
+    return ModelInfo(family=family, prediction=pred, sigma_min=float(model_sampling.sigma_min),
+                     sigma_max=float(model_sampling.sigma_max),
+                     model_sigmas=table.detach().float().cpu() if discrete and not flow else None,
+                     flow=flow, flow_shift=shift)
+
+
+# The scheduler receives only ``model_sampling``; its family is that of the model owning it.  Our samplers and nodes
+# record (model_sampling -> family) whenever they see a model; an object not seen yet is traced to its owner through
+# the garbage collector's referrer lists once and cached (docs/HOSTS.md section A5).
+_FAMILY_OF_SAMPLING: dict[int, tuple[weakref.ref, str]] = {}
+
+
+def _remember(model_sampling: Any, family: str) -> None:
+    try:
+        _FAMILY_OF_SAMPLING[id(model_sampling)] = (weakref.ref(model_sampling), family)
+    except TypeError:  # not weak-referenceable: nothing to cache
+        pass
+
+
+def _owner_family(model_sampling: Any) -> str | None:
+    """Family of the BaseModel that holds ``model_sampling`` as its submodule, or of the ModelPatcher that patches
+    it in (``object_patches``), found by walking referrer dictionaries up to three levels."""
+    level: list[Any] = [model_sampling]
+    seen = {id(model_sampling), id(level)}
+    for _ in range(3):
+        nxt: list[Any] = []
+        seen.add(id(nxt))
+        for obj in level:
+            for ref in gc.get_referrers(obj):
+                if id(ref) in seen:
+                    continue
+                seen.add(id(ref))
+                if isinstance(ref, dict):
+                    nxt.append(ref)
+                    continue
+                if getattr(ref, "model_config", None) is not None and getattr(ref, "model_sampling", None) is \
+                        model_sampling:
+                    return family_of_config(ref.model_config)
+                get = getattr(ref, "get_model_object", None)
+                if callable(get) and getattr(ref, "model", None) is not None:
+                    try:
+                        owned = get("model_sampling") is model_sampling
+                    except Exception:  # noqa: BLE001 - a foreign object with the same method name
+                        owned = False
+                    if owned:
+                        return family_of(ref)
+        level = nxt
+    return None
+
+
+def family_of_sampling(model_sampling: Any) -> str:
+    hit = _FAMILY_OF_SAMPLING.get(id(model_sampling))
+    if hit is not None and hit[0]() is model_sampling:
+        return hit[1]
+    fam = _owner_family(model_sampling)
+    if fam is None:
+        log.warning("AdaSDE: could not find the model that owns this model_sampling object; the 'adasde' scheduler "
+                    "considers coefficient files of every model family")
+        fam = "unknown"
+    _remember(model_sampling, fam)
+    return fam
+
+
+def model_info(model: Any) -> ModelInfo:
+    """The policy's ModelInfo of a ComfyUI model (a ModelPatcher or the ``model`` a sampler function receives)."""
     ms = model_sampling_of(model)
-    info: dict[str, Any] = {"family": family_of(model), "prediction": "unknown", "flow": False,
-                            "sigma_min": None, "sigma_max": None, "model_sigmas": None}
-    if ms is not None:
-        pred = prediction_of(ms)
-        info.update(prediction=pred, flow=pred == "flow", sigma_min=float(ms.sigma_min), sigma_max=float(ms.sigma_max))
-        table = getattr(ms, "sigmas", None)
-        if torch.is_tensor(table) and table.numel() >= 2:
-            info["model_sigmas"] = table.detach().float().cpu()
-    return info
+    fam = family_of(model)
+    _remember(ms, fam)
+    return info_from_sampling(ms, fam)
 
 
-# ------------------------------------------------------------------------------------------------ coefficient lookup
-def _close(a: float | None, b: float | None, rtol: float = 1e-3) -> bool:
-    return a is None or b is None or abs(a - b) <= rtol * max(abs(a), abs(b), 1e-12)
+# ------------------------------------------------------------------------------------------------ plans
+def scheduler_plan(info: ModelInfo, steps: int, sampler: str = "adasde") -> Plan:
+    """The grid the ``adasde`` scheduler emits: the policy's plan for ``steps`` intervals; when no AdaSDE file fits,
+    the grid of a fitting AMED file (the scheduler cannot know which learned sampler follows)."""
+    dirs = coefficient_dirs()
+    p = plan(info, sampler, steps=int(steps), dirs=dirs)
+    if p.coeffs is None and sampler == "adasde":
+        amed = plan(info, "amed", steps=int(steps), dirs=dirs)
+        if amed.coeffs is not None:
+            return amed
+    return p
 
 
-def _grid_fits(grid: list[float], trained: list[float], rtol: float = 1e-3) -> bool:
-    """``grid`` equals ``trained`` or a suffix of it (img2img), like samplers.adasde.resolve_tables."""
-    o = len(trained) - len(grid)
-    return o >= 0 and all(_close(h, t, rtol) for h, t in zip(grid, trained[o:]))
+# The last grids the ``adasde`` scheduler emitted, per model_sampling object: a sampler that receives one of them, or a
+# contiguous part (KSampler with denoise < 1, KSamplerAdvanced stages), plans it as that part of the scheduler's plan.
+_EMITTED: dict[int, tuple[weakref.ref, list[Plan]]] = {}
+_EMITTED_KEEP = 8
 
 
-def _kinds(sampler: str) -> tuple[str, ...]:
-    return ("adasde",) if sampler == "adasde" else ("amed",)
-
-
-def select_coefficients(info: dict[str, Any], grid: list[float] | None, sampler: str = "adasde",
-                        steps: int | None = None) -> tuple[Any, str]:
-    """Best coefficient set for a model (``model_info``) and a positive sigma ``grid`` (or a step count).
-
-    Candidates: right kind, same prediction type, same family (files of unknown family accepted last), same sigma
-    range; then the grid must fit (equal or a suffix).  Ties: exact family first, then the newest file.
-    Returns ``(Coefficients or None, message)``.
-    """
-    from ..coefficients.lookup import normalize_family
-
-    best: tuple[tuple, str, Any] | None = None
-    for name, c in all_coefficients():
-        ident = c.model
-        if c.kind not in _kinds(sampler):
-            continue
-        fam = normalize_family(ident.family)
-        if info.get("prediction") not in (None, "unknown") and ident.prediction not in (info["prediction"], "unknown"):
-            continue
-        fam_ok = fam == info.get("family")
-        if not fam_ok and fam not in ("unknown", None, "") and info.get("family") is not None:
-            continue
-        trained = [float(v) for v in c.sigmas.flatten().tolist()]
-        if grid is not None:
-            if not _grid_fits(grid, trained):
-                continue
-        else:
-            if steps is not None and c.steps != steps:
-                continue
-            lo_ok = _close(info.get("sigma_min"), trained[-1], 2e-2)
-            if not (lo_ok and _close(info.get("sigma_max"), trained[0], 2e-2)):
-                continue
+def _emitted(model_sampling: Any, p: Plan | None = None) -> list[Plan]:
+    hit = _EMITTED.get(id(model_sampling))
+    plans = hit[1] if hit is not None and hit[0]() is model_sampling else []
+    if p is not None:
+        plans = [p] + [q for q in plans if q.steps != p.steps or q.sampler != p.sampler][: _EMITTED_KEEP - 1]
         try:
-            mtime = os.path.getmtime(coefficient_path(name))
-        except OSError:
-            mtime = 0.0
-        key = (fam_ok, grid is not None and len(grid) == len(trained), mtime, name)
-        if best is None or key > best[0]:
-            best = (key, name, c)
-    if best is None:
-        where = f"{len(grid) - 1}-step grid [{grid[0]:.4g} .. {grid[-1]:.4g}]" if grid else f"{steps} steps"
-        return None, (f"AdaSDE: no {sampler} coefficient file for model family {info.get('family')!r} / prediction "
-                      f"{info.get('prediction')!r} and the {where} in the {FOLDER} folder; using untrained "
-                      f"{sampler} (AdaSDE r=0.5, a=c=1, gamma=0 = DPM-Solver-2). Use the 'adasde' scheduler, or "
-                      f"distil coefficients with the 'Distill AdaSDE Coefficients' node.")
-    return best[2], f"AdaSDE: using coefficients {best[1]}"
+            _EMITTED[id(model_sampling)] = (weakref.ref(model_sampling), plans)
+        except TypeError:
+            pass
+    return plans
+
+
+def sampling_plan(info: ModelInfo, sampler: str, sigmas: torch.Tensor, coeffs: Any = AUTO,
+                  model_sampling: Any = None) -> Plan:
+    """The policy's plan for a grid handed to a sampler.  With ``"auto"``, a grid without a trailing 0 that is a
+    contiguous part of a grid the ``adasde`` scheduler emitted for this model is planned as that part of the
+    scheduler's plan (``policy.plan(steps=, start_step=, end_step=)``: its note advises distilling, not another
+    scheduler); any other grid is fitted with ``policy.plan_for_sigmas`` (trained rows from the offset for img2img
+    suffixes and split-run segments)."""
+    c = choice(coeffs)
+    dirs = coefficient_dirs()
+    host = [float(v) for v in sigmas.detach().flatten().cpu().tolist()]
+    if c == AUTO and len(host) >= 2 and host[-1] > 0 and model_sampling is not None:
+        for emitted in _emitted(model_sampling):
+            o = fit_grid(host, [float(v) for v in emitted.sigmas.tolist()])
+            if o is None:
+                continue
+            p = plan(info, sampler, steps=emitted.steps, start_step=o, end_step=o + len(host) - 1, dirs=dirs)
+            if len(p.sigmas) == len(host) and fit_grid(host, [float(v) for v in p.sigmas.tolist()]) == 0:
+                return p  # (a file added since the scheduler ran changes the policy's grid: then fit instead)
+    return plan_for_sigmas(info, sampler, sigmas, coefficients=c, dirs=dirs)
+
+
+def report(p: Plan) -> None:
+    """Log the plan as one JSON record and show each of its notes (log + toast)."""
+    log.info("%s%s", PLAN_LOG, json.dumps(p.protocol()))
+    for note in p.notes:
+        warn_user(note)
 
 
 def warn_user(message: str) -> None:
@@ -303,98 +387,54 @@ class BottleneckCapture:
 
 
 # ------------------------------------------------------------------------------------------------ sampler functions
-def _positive(sigmas: torch.Tensor) -> list[float]:
-    s = [float(v) for v in sigmas.detach().flatten().cpu().tolist()]
-    return s[:-1] if s and s[-1] == 0.0 else s
-
-
-def _resolve(model: Any, sigmas: torch.Tensor, coeffs: Any, sampler: str) -> Any:
-    if coeffs is not None and not isinstance(coeffs, str):
-        return coeffs
-    if coeffs == UNTRAINED:
-        return None
-    if isinstance(coeffs, str) and coeffs != AUTO:
-        return load_coefficients(coefficient_path(coeffs))
-    chosen, msg = select_coefficients(model_info(model), _positive(sigmas), sampler)
-    if chosen is None:
-        warn_user(msg)
-    else:
-        log.info(msg)
-    return chosen
-
-
 @torch.no_grad()
 def comfy_sample_adasde(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                         callback: Callable | None = None, disable: bool | None = None, coeffs: Any = AUTO,
-                        afs: bool | None = None, s_noise: float = 1.0, flow: bool | None = None) -> torch.Tensor:
-    """``sample_adasde`` for ComfyUI: coefficients ``auto`` (lookup), ``untrained``, a file name or a record; flow
-    models detected from model_sampling; churn noise seeded per image."""
+                        afs: bool | None = None, s_noise: float = 1.0) -> torch.Tensor:
+    """``sample_adasde`` on the policy's plan for ComfyUI's grid (the plan decides coefficients, rows and AFS; the
+    grid values are ComfyUI's float32 copy of the plan's); ``afs`` overrides the plan's (AdaSDE Sampler node); flow
+    from the model's ``model_sampling``; churn noise seeded per image."""
     from ..samplers import sample_adasde
 
-    c = _resolve(model, sigmas, coeffs, "adasde")
-    if flow is None:
-        flow = model_info(model)["flow"]
-    return sample_adasde(model, x, sigmas, extra_args=per_image_seeds(extra_args, x), callback=callback,
-                         disable=disable, coeffs=c, afs=afs, s_noise=s_noise, flow=flow)
+    info = model_info(model)
+    p = sampling_plan(info, "adasde", sigmas, coeffs, model_sampling_of(model))
+    report(p)
+    opts = p.options()
+    if afs is not None:
+        opts["afs"] = afs
+    return sample_adasde(model, x, sigmas, extra_args=per_image_seeds(extra_args, x),
+                         callback=callback, disable=disable, s_noise=s_noise, flow=info.flow, **opts)
 
 
 @torch.no_grad()
 def comfy_sample_amed(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                       callback: Callable | None = None, disable: bool | None = None, coeffs: Any = AUTO,
-                      afs: bool | None = None, flow: bool | None = None) -> torch.Tensor:
-    """``sample_amed`` for ComfyUI with the UNet bottleneck fed through an ``output_block_patch`` on a copy of the
-    model options (never the user's model)."""
-    import inspect
-
+                      afs: bool | None = None) -> torch.Tensor:
+    """``sample_amed`` on the policy's plan, with the UNet bottleneck fed through an ``output_block_patch`` on a copy
+    of the model options (never the user's model)."""
     from ..samplers import sample_amed
 
-    c = _resolve(model, sigmas, coeffs, "amed")
+    info = model_info(model)
+    p = sampling_plan(info, "amed", sigmas, coeffs, model_sampling_of(model))
+    report(p)
+    opts = p.options()
+    if afs is not None:
+        opts["afs"] = afs
     cap = BottleneckCapture()
+    opts["features"] = cap
     extra = cap.install(per_image_seeds(extra_args, x))
-    kw: dict[str, Any] = {"coeffs": c, "features": cap}
-    params = inspect.signature(sample_amed).parameters
-    if "afs" in params and afs is not None:
-        kw["afs"] = afs
-    if "flow" in params:
-        kw["flow"] = model_info(model)["flow"] if flow is None else flow
-    return sample_amed(model, x, sigmas, extra_args=extra, callback=callback, disable=disable, **kw)
+    return sample_amed(model, x, sigmas, extra_args=extra, callback=callback, disable=disable,
+                       flow=info.flow, **opts)
 
 
 # ------------------------------------------------------------------------------------------------ scheduler
-def default_grid(info: dict[str, Any], steps: int) -> torch.Tensor:
-    """AdaSDE's default student grid for a model: time-uniform in the model's discrete table (LDMs), else
-    time-uniform VP fit (sigma-form) or log-SNR uniform (flow)."""
-    from ..samplers import get_sigmas
-
-    n = steps + 1
-    if info.get("model_sigmas") is not None and not info.get("flow"):
-        return get_sigmas("discrete", n, model_sigmas=info["model_sigmas"])
-    kind = "logsnr" if info.get("flow") else "time_uniform"
-    smax = min(float(info["sigma_max"]), 0.9999) if info.get("flow") else float(info["sigma_max"])
-    return get_sigmas(kind, n, sigma_min=float(info["sigma_min"]), sigma_max=smax)
-
-
 def adasde_scheduler(model_sampling: Any, steps: int) -> torch.Tensor:
-    """The ``adasde`` scheduler: the trained grid of the matching coefficient file (same prediction type, sigma
-    range and step count), else AdaSDE's default grid; always with the trailing 0."""
-    from ..samplers import append_zero
-
-    steps = int(steps)
-    if steps < 1:
-        return torch.zeros(1)
-    pred = prediction_of(model_sampling)
-    info = {"family": None, "prediction": pred, "flow": pred == "flow", "sigma_min": float(model_sampling.sigma_min),
-            "sigma_max": float(model_sampling.sigma_max), "model_sigmas": None}
-    table = getattr(model_sampling, "sigmas", None)
-    if torch.is_tensor(table) and table.numel() >= 2:
-        info["model_sigmas"] = table.detach().float().cpu()
-    chosen = None
-    for kind in ("adasde", "amed"):
-        chosen, _ = select_coefficients(info, None, kind, steps=steps)
-        if chosen is not None:
-            break
-    grid = chosen.sigmas.flatten().to(torch.float32) if chosen is not None else default_grid(info, steps)
-    return append_zero(grid.to(torch.float32).cpu())
+    """The ``adasde`` scheduler: ``steps + 1`` positive sigmas from the grid's sigma_max to its sigma_min (the trained
+    grid of the policy's file for this model and step count, else the model's default grid), no trailing 0."""
+    info = info_from_sampling(model_sampling, family_of_sampling(model_sampling))
+    p = scheduler_plan(info, int(steps))
+    _emitted(model_sampling, p)
+    return p.sigmas.to(torch.float32).cpu()
 
 
 # ------------------------------------------------------------------------------------------------ registration

@@ -1,12 +1,12 @@
 """V3 nodes: ``AdaSDE Sampler``, ``AMED Sampler`` (SAMPLER) and ``AdaSDE Sigmas`` (SIGMAS).
 
-Thin wrappers: the samplers are ``comfy.samplers.KSAMPLER(host.comfy_sample_*, options)``; coefficient lookup,
-bottleneck capture and per-image seeds live in :mod:`.host`, the mathematics in the library (``samplers/``).
+Thin wrappers: the samplers are ``comfy.samplers.KSAMPLER(host.comfy_sample_*, options)``; the grid and the
+coefficient choice are the library's sampling policy (``policy.plan``, docs/ALGORITHMS.md section 10), bottleneck
+capture and per-image seeds live in :mod:`.host`, the mathematics in the library (``samplers/``).
 """
 
 from __future__ import annotations
 
-import torch
 from comfy_api.latest import io
 
 from . import host
@@ -47,9 +47,7 @@ class AdaSDESampler(io.ComfyNode):
     def execute(cls, coefficients: str, afs: str, s_noise: float) -> io.NodeOutput:
         import comfy.samplers
 
-        opts = {"coeffs": coefficients, "afs": _afs(afs), "s_noise": float(s_noise)}
-        if coefficients not in (host.AUTO, host.UNTRAINED):
-            opts["coeffs"] = host.load_coefficients(host.coefficient_path(coefficients))
+        opts = {"coeffs": host.choice(coefficients), "afs": _afs(afs), "s_noise": float(s_noise)}
         return io.NodeOutput(comfy.samplers.KSAMPLER(host.comfy_sample_adasde, extra_options=opts))
 
 
@@ -73,9 +71,7 @@ class AMEDSampler(io.ComfyNode):
     def execute(cls, coefficients: str, afs: str) -> io.NodeOutput:
         import comfy.samplers
 
-        opts = {"coeffs": coefficients, "afs": _afs(afs)}
-        if coefficients not in (host.AUTO, host.UNTRAINED):
-            opts["coeffs"] = host.load_coefficients(host.coefficient_path(coefficients))
+        opts = {"coeffs": host.choice(coefficients), "afs": _afs(afs)}
         return io.NodeOutput(comfy.samplers.KSAMPLER(host.comfy_sample_amed, extra_options=opts))
 
 
@@ -86,30 +82,29 @@ class AdaSDESigmas(io.ComfyNode):
             node_id="AdaSDESigmas",
             display_name="AdaSDE Sigmas",
             category=CATEGORY,
-            description="The sigma grid a coefficient file was trained on (with ComfyUI's trailing 0), or AdaSDE's "
-                        "default grid for the model when 'auto' finds no file.",
+            description="The sigma grid of the sampling policy: the grid a coefficient file was trained on, or the "
+                        "model's default grid when 'auto' finds no file; steps + 1 values from sigma_max, like the "
+                        "'adasde' scheduler.",
             inputs=[
                 io.Model.Input("model"),
-                _coeff_combo("'auto' = the file matching the model and step count; else the chosen file's grid."),
-                io.Int.Input("steps", default=5, min=1, max=1000, tooltip="Used by 'auto' and 'untrained'."),
-                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01),
+                _coeff_combo("'auto' = the file for this model and step count (as the 'adasde' scheduler); a named "
+                             "file must have been trained for this many steps (steps / denoise with denoise < 1)."),
+                io.Int.Input("steps", default=5, min=1, max=1000, tooltip="Sampling steps (grid intervals)."),
+                io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01,
+                               tooltip="< 1: the last 'steps' intervals of a steps / denoise grid (img2img)."),
             ],
             outputs=[io.Sigmas.Output()],
         )
 
     @classmethod
     def execute(cls, model, coefficients: str, steps: int, denoise: float) -> io.NodeOutput:
-        from ..samplers import append_zero
+        from ..policy import plan
 
-        if coefficients == host.UNTRAINED:
-            grid = append_zero(host.default_grid(host.model_info(model), steps).float())
-        elif coefficients == host.AUTO:
-            grid = host.adasde_scheduler(model.get_model_object("model_sampling"), steps)
+        info = host.model_info(model)
+        c = host.choice(coefficients)
+        if c == host.AUTO and denoise >= 1.0:
+            p = host.scheduler_plan(info, steps)
         else:
-            c = host.load_coefficients(host.coefficient_path(coefficients))
-            grid = append_zero(c.sigmas.flatten().float())
-        if denoise < 1.0:
-            n = len(grid) - 1
-            keep = max(0, round(n * denoise))
-            grid = grid[-(keep + 1):] if keep > 0 else torch.zeros(0)
-        return io.NodeOutput(grid.float().cpu())
+            kind = c.kind if not isinstance(c, str) else "adasde"
+            p = plan(info, kind, steps=steps, coefficients=c, denoise=float(denoise), dirs=host.coefficient_dirs())
+        return io.NodeOutput(p.sigmas.float().cpu())

@@ -116,31 +116,18 @@ def lincomb(terms: Sequence[tuple[torch.Tensor | float, torch.Tensor]]) -> torch
 
 # --------------------------------------------------------------------------------------------- model type detection
 def is_flow_model(model: Any) -> bool:
-    """Duck-typed detection of flow (rectified-flow, x = (1 - s) x0 + s eps) models.
-
-    Looks for an explicit ``flow`` attribute (our ``Denoiser``) or a ComfyUI-style ``model_sampling`` object whose class
-    hierarchy contains ``CONST`` along the ``inner_model`` chain.  Host adapters should pass ``flow=`` explicitly.
+    """Duck-typed detection of flow (rectified-flow, x = (1 - s) x0 + s eps) models: the first boolean ``flow``
+    attribute along the ``inner_model`` chain (our ``Denoiser`` declares one).  Host adapters pass ``flow=``
+    explicitly (docs/HOSTS.md section A3); anything else counts as a sigma-form model.
     """
-    seen = 0
     m = model
-    while m is not None and seen < 6:
+    for _ in range(6):
+        if m is None:
+            break
         flag = getattr(m, "flow", None)
         if isinstance(flag, bool):
             return flag
-        ms = getattr(m, "model_sampling", None)
-        if ms is None and hasattr(m, "model_patcher"):
-            try:
-                ms = m.model_patcher.get_model_object("model_sampling")
-            except Exception:  # noqa: BLE001 - best effort, host-specific
-                ms = None
-        if ms is not None:
-            names = {c.__name__ for c in type(ms).__mro__}
-            if "CONST" in names:
-                return True
-            if names & {"EPS", "V_PREDICTION", "EDM", "X0"}:
-                return False
         m = getattr(m, "inner_model", None)
-        seen += 1
     return False
 
 

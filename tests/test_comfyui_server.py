@@ -3,7 +3,8 @@
 ComfyUI comes from ``tools/install_comfyui.sh`` (``$ADASDE_COMFYUI_DIR``, default ``.cache/comfyui``).  Our repository
 root is loaded as a custom node through the ``custom_nodes:`` key of an extra_model_paths yaml (a symlink named
 ``adasde``), next to the test pack ``tests/comfy_test_pack`` (tiny random SD1.5-shaped model).  Everything talks to
-the server over HTTP: POST /prompt, GET /history, GET /object_info, POST /interrupt.
+the server over HTTP (POST /prompt, GET /history, GET /object_info, POST /interrupt) plus one websocket for toasts;
+``tests/helpers/comfyui.py`` holds the server driver and the graph builders.
 
 Without ComfyUI the tests skip, except in CI (``CI=true``), where a missing ComfyUI fails.
 """
@@ -12,136 +13,40 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
-COMFY = Path(os.environ.get("ADASDE_COMFYUI_DIR") or REPO / ".cache" / "comfyui")
-TEST_PACK = REPO / "tests" / "comfy_test_pack"
-SIZE = 32  # image size -> 4 x 4 latents: the toy UNet runs in milliseconds
+from helpers.comfyui import (
+    REPO,
+    SD15_SIGMA_MAX,
+    SD15_SIGMA_MIN,
+    SIZE,
+    TRAINED_FILE,
+    Server,
+    _free_port,
+    close,
+    coefficient_dirs,
+    custom_graph,
+    direct_node,
+    empty_latent,
+    ksampler_graph,
+    options,
+    require_comfyui,
+    sd15_info,
+    stats_node,
+    stats_of,
+    toy,
+    write_trained_file,
+)
+from helpers.plans import plan_record, same_plan, save_plans
 
 pytestmark = [pytest.mark.comfyui]
-
-
-def require_comfyui() -> None:
-    if (COMFY / "main.py").is_file():
-        return
-    msg = (f"real ComfyUI not found at {COMFY} (set ADASDE_COMFYUI_DIR or run tools/install_comfyui.sh)")
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail("CI: " + msg)
-    pytest.skip(msg)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.coeff_dir = root / "user_coefficients"
-        self.output_dir = root / "base" / "output"
-        self.log_path = root / "server.log"
-        self.client_id = uuid.uuid4().hex
-        self.proc: subprocess.Popen | None = None
-
-    # -------------------------------------------------------------------------------------------- lifecycle
-    def start(self) -> None:
-        nodes = self.root / "custom_nodes"
-        nodes.mkdir(parents=True)
-        (self.root / "base" / "custom_nodes").mkdir(parents=True)
-        self.coeff_dir.mkdir()
-        os.symlink(REPO, nodes / "adasde")
-        os.symlink(TEST_PACK, nodes / "adasde_test_pack")
-        yaml = self.root / "extra_model_paths.yaml"
-        yaml.write_text(f"adasde_tests:\n  base_path: {self.root}\n  custom_nodes: custom_nodes\n"
-                        f"  adasde_coefficients: {self.coeff_dir.name}\n")
-        # one thread: on a shared, overloaded CPU two OpenMP threads made a toy UNet call 200x slower (25 s vs 0.1 s)
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--base-directory", str(self.root / "base"), "--extra-model-paths-config", str(yaml),
-               "--disable-auto-launch", "--database-url", "sqlite:///:memory:", "--preview-method", "none"]
-        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, cwd=COMFY, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                self.get("/object_info/AdaSDESampler")
-                return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(0.5)
-        raise RuntimeError(f"ComfyUI did not come up in 180 s:\n{self.tail()}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
-
-    def tail(self, n: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    # -------------------------------------------------------------------------------------------- HTTP
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=30) as r:
-            return json.loads(r.read())
-
-    def post(self, path: str, body: Any) -> Any:
-        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                raw = r.read()
-        except urllib.error.HTTPError as e:
-            raise AssertionError(f"POST {path} -> {e.code}: {e.read().decode(errors='replace')}") from e
-        return json.loads(raw) if raw.strip() else None
-
-    def queue(self, prompt: dict) -> str:
-        res = self.post("/prompt", {"prompt": prompt, "client_id": self.client_id})
-        assert not res.get("node_errors"), res
-        return res["prompt_id"]
-
-    def wait(self, prompt_id: str, timeout: float = 120) -> dict:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            h = self.get(f"/history/{prompt_id}")
-            if prompt_id in h and h[prompt_id].get("status", {}).get("completed") is not None:
-                entry = h[prompt_id]
-                if entry["status"]["status_str"] in ("success", "error"):
-                    return entry
-            time.sleep(0.25)
-        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s:\n{self.tail()}")
-
-    def run(self, prompt: dict, timeout: float = 120) -> dict:
-        entry = self.wait(self.queue(prompt), timeout)
-        assert entry["status"]["status_str"] == "success", (json.dumps(entry["status"], indent=1)[-3000:],
-                                                           self.tail())
-        return entry
-
-    def object_info(self, node: str) -> dict:
-        return self.get(f"/object_info/{node}")[node]
 
 
 @pytest.fixture(scope="session")
@@ -155,75 +60,6 @@ def comfy(tmp_path_factory: pytest.TempPathFactory) -> Server:
         raise
     yield srv
     srv.stop()
-
-
-# ------------------------------------------------------------------------------------------------ graph helpers
-def toy(seed: int = 0) -> dict:
-    return {"class_type": "AdaSDETestToyModel", "inputs": {"seed": seed}}
-
-
-def stats_of(entry: dict, node: str = "stats") -> list[dict]:
-    return entry["outputs"][node]["adasde_stats"][0]["images"]
-
-
-def ksampler_graph(batch: int, seed: int, sampler: str = "adasde", scheduler: str = "adasde", steps: int = 3,
-                   index: int | None = None) -> dict:
-    g = {
-        "m": toy(),
-        "lat": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": batch}},
-        "ks": {"class_type": "KSampler", "inputs": {
-            "model": ["m", 0], "positive": ["m", 1], "negative": ["m", 2], "latent_image": ["lat", 0], "seed": seed,
-            "steps": steps, "cfg": 2.0, "sampler_name": sampler, "scheduler": scheduler, "denoise": 1.0}},
-        "stats": {"class_type": "AdaSDETestLatentStats", "inputs": {"samples": ["ks", 0]}},
-    }
-    if index is not None:
-        g["pick"] = {"class_type": "LatentFromBatch", "inputs": {"samples": ["lat", 0], "batch_index": index,
-                                                                  "length": 1}}
-        g["ks"]["inputs"]["latent_image"] = ["pick", 0]
-    return g
-
-
-def custom_graph(sampler_node: dict, sigmas_node: dict, batch: int, seed: int) -> dict:
-    return {
-        "m": toy(),
-        "lat": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": batch}},
-        "sampler": sampler_node,
-        "sigmas": sigmas_node,
-        "sc": {"class_type": "SamplerCustom", "inputs": {
-            "model": ["m", 0], "add_noise": True, "noise_seed": seed, "cfg": 2.0, "positive": ["m", 1],
-            "negative": ["m", 2], "sampler": ["sampler", 0], "sigmas": ["sigmas", 0], "latent_image": ["lat", 0]}},
-        "stats": {"class_type": "AdaSDETestLatentStats", "inputs": {"samples": ["sc", 0]}},
-    }
-
-
-SD15_SIGMA_MIN, SD15_SIGMA_MAX = 0.0291675, 14.614642
-TRAINED_FILE = "toy-sd15-3step.safetensors"
-
-
-def write_trained_file(folder: Path, name: str = TRAINED_FILE, steps: int = 3, gamma: float = 0.3) -> Path:
-    """A hand-made 'trained' coefficient set for SD1.5 eps models with visible churn (gamma > 0), polynomial grid."""
-    from adasde.coefficients import Coefficients, ModelIdentity, save
-    from adasde.samplers import get_sigmas
-
-    sig = get_sigmas("polynomial", steps + 1, SD15_SIGMA_MIN, SD15_SIGMA_MAX, rho=7.0, dtype=torch.float64)
-    t = lambda v: torch.full((steps, 1), float(v))  # noqa: E731
-    g = t(gamma)
-    g[0] = 0.0
-    c = Coefficients(r=t(0.4), a=t(0.98), c=t(1.01), gamma=g, w=t(1.0), sigmas=sig, schedule="polynomial", rho=7.0,
-                     afs=False, model=ModelIdentity(family="sd15", prediction="eps", sigma_min=SD15_SIGMA_MIN,
-                                                    sigma_max=SD15_SIGMA_MAX, name="toy"))
-    path = folder / name
-    save(c, path)
-    return path
-
-
-def options(spec: list) -> list[str]:
-    """Combo options from /object_info (V1: [[...]], V3: ["COMBO", {"options": [...]}])."""
-    return list(spec[1]["options"]) if spec[0] == "COMBO" else list(spec[0])
-
-
-def _close(a: list[float], b: list[float], tol: float = 1e-4) -> bool:
-    return all(abs(x - y) <= tol * (1 + abs(y)) for x, y in zip(a, b)) and len(a) == len(b)
 
 
 # ------------------------------------------------------------------------------------------------------ tests
@@ -248,27 +84,40 @@ def test_ksampler_dropdown_auto_coefficients_match_custom_node_and_batch(comfy: 
     b2 = stats_of(comfy.run(ksampler_graph(batch=2, seed=7)))
     b1 = stats_of(comfy.run(ksampler_graph(batch=1, seed=7)))
     assert len(b2) == 2 and all(abs(s["std"]) > 0 for s in b2)
-    assert _close(b1[0]["first"], b2[0]["first"]), (b1[0]["first"][:4], b2[0]["first"][:4])  # same seed, same image
+    assert close(b1[0]["first"], b2[0]["first"]), (b1[0]["first"][:4], b2[0]["first"][:4])  # same seed, same image
     # the second image of the batch, alone (LatentFromBatch sets batch_index=1 -> same initial noise)
     alone = stats_of(comfy.run(ksampler_graph(batch=2, seed=7, index=1)))
-    assert _close(alone[0]["first"], b2[1]["first"]), (alone[0]["first"][:4], b2[1]["first"][:4])
+    assert close(alone[0]["first"], b2[1]["first"]), (alone[0]["first"][:4], b2[1]["first"][:4])
 
     # SamplerCustom + AdaSDE Sampler(file) + AdaSDE Sigmas(file) gives exactly the dropdown's result ...
     sig_node = {"class_type": "AdaSDESigmas", "inputs": {"model": ["m", 0], "coefficients": TRAINED_FILE,
                                                          "steps": 3, "denoise": 1.0}}
     smp = {"class_type": "AdaSDESampler", "inputs": {"coefficients": TRAINED_FILE, "afs": "auto", "s_noise": 1.0}}
     custom = stats_of(comfy.run(custom_graph(smp, sig_node, batch=1, seed=7)))
-    assert _close(custom[0]["first"], b1[0]["first"])
+    assert close(custom[0]["first"], b1[0]["first"])
     # ... and differs from untrained AdaSDE on the same grid (the coefficients really were used)
     smp_u = {"class_type": "AdaSDESampler", "inputs": {"coefficients": "untrained", "afs": "auto", "s_noise": 1.0}}
     untrained = stats_of(comfy.run(custom_graph(smp_u, sig_node, batch=1, seed=7)))
-    assert not _close(untrained[0]["first"], b1[0]["first"], tol=1e-3)
+    assert not close(untrained[0]["first"], b1[0]["first"], tol=1e-3)
 
 
 def test_ksampler_fallback_warns_and_runs(comfy: Server) -> None:
+    from adasde.policy import plan_for_sigmas
+    from adasde.samplers import append_zero, get_sigmas
+
+    mark = comfy.mark()
     entry = comfy.run(ksampler_graph(batch=1, seed=3, scheduler="karras", steps=2))
     assert all(s["std"] > 0 for s in stats_of(entry))
-    assert "no adasde coefficient file" in comfy.tail(200)
+    # ComfyUI's karras grid (= polynomial rho 7) with its trailing 0 fits no file: the policy's note, shown verbatim
+    info = sd15_info()
+    karras = append_zero(get_sigmas("polynomial", 2, info.sigma_min, info.sigma_max, rho=7.0)).float()  # 2 steps
+    want = plan_for_sigmas(info, "adasde", karras, dirs=coefficient_dirs(comfy))
+    assert want.coeffs is None and len(want.notes) == 1
+    (got,) = comfy.plans_since(mark)
+    assert same_plan(plan_record(got), plan_record(want)), (got, want.protocol())
+    assert want.notes[0] in comfy.log_since(mark)
+    toasts = comfy.toasts_since(mark)
+    assert toasts is None or toasts == want.notes, toasts
 
 
 def distill_graph(name: str, trajectories: int, batch: int = 2, steps: int = 2, seed: int = 0) -> dict:
@@ -369,7 +218,7 @@ def test_amed_sampler_reads_bottleneck_without_touching_the_model(comfy: Server)
         outs.append(stats_of(comfy.run(custom_graph(amed, grid, batch=2, seed=11))))
     assert all(s["std"] > 0 for o in outs for s in o)
     # different feature encoders -> different results: the UNet bottleneck really reached the predictor
-    assert not _close(outs[0][0]["first"], outs[1][0]["first"], tol=1e-5)
+    assert not close(outs[0][0]["first"], outs[1][0]["first"], tol=1e-5)
     after = stats_of(comfy.run(custom_graph(euler, grid, batch=1, seed=11)))
     assert after[0]["sha"] == before[0]["sha"]  # the user's model (options) was not modified by the patch
     # the KSampler dropdown entry 'amed' runs too (auto-selects an AMED file for the grid)
@@ -541,6 +390,10 @@ def test_web_extension_draws_live_distill_chart(comfy: Server, browser: CDP, tmp
     })()""")
     assert node_id is not None
     assert browser.eval(f"window.app.graph.getNodeById({node_id}).size[1]") > 190  # room for the chart
+    widgets = json.loads(browser.eval(f"JSON.stringify(window.app.graph.getNodeById({node_id}).widgets"
+                                      ".map(w => [w.name, w.value]))"))
+    names = [w[0] for w in widgets]
+    assert widgets[names.index("seed") + 1][1] == "fixed", widgets  # seed control: Cancel then Queue resumes
 
     # a real distillation queued over HTTP with the same node id: the server broadcasts progress events
     g = distill_graph("toy-web", trajectories=4)
@@ -584,3 +437,221 @@ def test_example_workflows_match_the_running_node_schemas(comfy: Server) -> None
         assert ui.is_file(), f"missing UI-format twin {ui.name}"
         types = {n["type"] for n in json.loads(ui.read_text())["nodes"]}
         assert types == {n["class_type"] for n in graph.values()}, (ui.name, types)
+
+
+# ------------------------------------------------------------------------------------------------ sampling policy
+# Every case: the plan our sampler logged equals the policy's plan computed here (same sigmas within float32, same
+# coefficient file, rows, NFE and notes), the toasts are exactly the plan's notes, and the latent equals the library's
+# direct call on the policy's plan with ComfyUI's noise (node AdaSDETestDirect) within LATENT_TOL.  The records are
+# saved per case as JSON (helpers.plans) for cross-door comparisons.
+LATENT_TOL = 1e-4  # absolute and relative: the door's grid is ComfyUI's float32 copy of the plan's float64 grid
+OTHER_5 = "case-sd15-5step.safetensors"  # SD1.5, 5 steps, polynomial rho 5: the denoise-0.6 grid (3 of 5 steps)
+SDXL_3 = "case-sdxl-3step.safetensors"  # SDXL, the same grid as TRAINED_FILE, sorts first by name
+SDXL_4 = "case-sdxl-4step.safetensors"  # SDXL only at 4 steps: an SD1.5 run must not take its grid
+
+
+@pytest.fixture(scope="session")
+def case_files(comfy: Server) -> dict[str, Path]:
+    return {TRAINED_FILE: write_trained_file(comfy.coeff_dir),
+            OTHER_5: write_trained_file(comfy.coeff_dir, OTHER_5, steps=5, rho=5.0),
+            SDXL_3: write_trained_file(comfy.coeff_dir, SDXL_3, family="sdxl"),
+            SDXL_4: write_trained_file(comfy.coeff_dir, SDXL_4, steps=4, family="sdxl")}
+
+
+@pytest.fixture(scope="session")
+def plans_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("comfyui-plans") / "comfyui_plans.json"
+
+
+def _values(stats: list[dict]) -> torch.Tensor:
+    return torch.tensor([s["values"] for s in stats], dtype=torch.float64)
+
+
+def _check_case(comfy: Server, plans_json: Path, case: str, graph: dict, want: list, door: str = "stats",
+                direct: str = "direct") -> dict:
+    """Run ``graph``; compare the logged plans with ``want``, the toasts with their notes, and the door's latent
+    with the direct call's; save the records.  Returns the history entry."""
+    mark = comfy.mark()
+    entry = comfy.run(graph)
+    got = comfy.plans_since(mark)
+    assert len(got) == len(want), (case, got)
+    for g, w in zip(got, want):
+        assert same_plan(plan_record(g), plan_record(w)), (case, plan_record(g), plan_record(w))
+    notes = [n for w in want for n in w.notes]
+    toasts = comfy.toasts_since(mark, wait=2.0 if notes else 0.5)
+    assert toasts is None or toasts == notes, (case, toasts, notes)
+    a, b = _values(stats_of(entry, door)), _values(stats_of(entry, direct))
+    torch.testing.assert_close(a, b, atol=LATENT_TOL, rtol=LATENT_TOL)
+    save_plans(plans_json, {case: {"door": [plan_record(g) for g in got], "policy": [plan_record(w) for w in want],
+                                   "latent_max_abs_diff": float((a - b).abs().max())}})
+    return entry
+
+
+def _policy(comfy: Server, **kw: Any) -> Any:
+    from adasde.policy import plan
+
+    return plan(sd15_info(), kw.pop("sampler", "adasde"), dirs=coefficient_dirs(comfy), **kw)
+
+
+def _scheduler(name: str, steps: int, denoise: float = 1.0) -> dict:
+    return {"class_type": "BasicScheduler", "inputs": {"model": ["m", 0], "scheduler": name, "steps": steps,
+                                                       "denoise": denoise}}
+
+
+def test_basic_scheduler_equals_ksampler_sigmas(comfy: Server, case_files: dict) -> None:
+    for steps, denoise in ((3, 1.0), (4, 1.0), (3, 0.6)):
+        want = _policy(comfy, steps=steps, denoise=denoise)
+        g = ksampler_graph(batch=1, seed=5, steps=steps)
+        g["ks"]["inputs"]["denoise"] = denoise
+        g["bs"] = _scheduler("adasde", steps, denoise)
+        g["sig"] = {"class_type": "AdaSDETestSigmas", "inputs": {"sigmas": ["bs", 0]}}
+        mark = comfy.mark()
+        entry = comfy.run(g)
+        basic = entry["outputs"]["sig"]["adasde_sigmas"][0]
+        (ks,) = comfy.plans_since(mark)
+        assert len(basic) == steps + 1 == len(ks["sigmas"]), (basic, ks["sigmas"])
+        assert basic == [float(torch.tensor(v, dtype=torch.float32)) for v in ks["sigmas"]]  # identical values
+        assert close(basic, [float(v) for v in want.sigmas], 1e-6)
+        if denoise == 1.0:
+            assert abs(basic[0] - SD15_SIGMA_MAX) < 1e-4  # starts at the grid's sigma_max, ends at its sigma_min
+        assert abs(basic[-1] - SD15_SIGMA_MIN) < 1e-6
+    # SamplerCustom on BasicScheduler(adasde) samples exactly what KSampler(adasde) samples
+    smp = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "adasde"}}
+    custom = stats_of(comfy.run(custom_graph(smp, _scheduler("adasde", 3), batch=1, seed=7)))
+    ks = stats_of(comfy.run(ksampler_graph(batch=1, seed=7)))
+    assert custom[0]["values"] == ks[0]["values"]
+
+
+def test_policy_case_auto(comfy: Server, case_files: dict, plans_json: Path) -> None:
+    want = _policy(comfy, steps=3)
+    assert Path(want.coeffs_path).name == TRAINED_FILE and not want.notes  # SD1.5's file, not the SDXL one
+    g = ksampler_graph(batch=1, seed=21)
+    g["direct"] = stats_node(["d", 0])
+    g["d"] = direct_node(want, ["lat", 0], seed=21)
+    _check_case(comfy, plans_json, "auto", g, [want])
+
+
+def test_policy_case_batch_1_vs_4(comfy: Server, case_files: dict, plans_json: Path) -> None:
+    want = _policy(comfy, steps=3)
+    g = ksampler_graph(batch=4, seed=25)
+    g["direct"] = stats_node(["d", 0])
+    g["d"] = direct_node(want, ["lat", 0], seed=25)
+    four = _check_case(comfy, plans_json, "batch-4", g, [want])
+    one = stats_of(comfy.run(ksampler_graph(batch=1, seed=25)))
+    # same seed, same first image whatever the batch (batched kernels round differently: float32 tolerance)
+    torch.testing.assert_close(_values(one)[0], _values(stats_of(four))[0], atol=LATENT_TOL, rtol=LATENT_TOL)
+
+
+def test_policy_case_named_file(comfy: Server, case_files: dict, plans_json: Path) -> None:
+    from adasde.policy import plan_for_sigmas
+
+    grid = _policy(comfy, steps=3).sigmas.float()
+    want = plan_for_sigmas(sd15_info(), "adasde", grid, coefficients=case_files[TRAINED_FILE],
+                           dirs=coefficient_dirs(comfy))
+    smp = {"class_type": "AdaSDESampler", "inputs": {"coefficients": TRAINED_FILE, "afs": "auto", "s_noise": 1.0}}
+    g = custom_graph(smp, _scheduler("adasde", 3), batch=1, seed=22)
+    g["direct"] = stats_node(["d", 0])
+    g["d"] = direct_node(want, ["lat", 0], seed=22)
+    _check_case(comfy, plans_json, "named", g, [want])
+
+
+def test_policy_case_wrong_family(comfy: Server, case_files: dict, plans_json: Path) -> None:
+    from adasde.coefficients import load
+    from adasde.errors import UsageError
+    from adasde.policy import check_file
+
+    # a named SDXL file on the SD1.5 model: the node run fails with the policy's one-line message
+    with pytest.raises(UsageError) as err:
+        check_file(load(case_files[SDXL_3]), sd15_info(), "adasde")
+    smp = {"class_type": "AdaSDESampler", "inputs": {"coefficients": SDXL_3, "afs": "auto", "s_noise": 1.0}}
+    failed = comfy.error(custom_graph(smp, _scheduler("adasde", 3), batch=1, seed=23))
+    assert failed["exception_message"].strip() == str(err.value), failed["exception_message"]
+    assert failed["exception_type"].endswith("UsageError")
+    # 'auto' at 4 steps: only an SDXL file has 4 steps; the scheduler and sampler keep to SD1.5 (default grid + note)
+    want = _policy(comfy, steps=4)
+    assert want.coeffs is None and len(want.notes) == 1
+    g = ksampler_graph(batch=1, seed=23, steps=4)
+    g["direct"] = stats_node(["d", 0])
+    g["d"] = direct_node(want, ["lat", 0], seed=23)
+    _check_case(comfy, plans_json, "wrong-family", g, [want])
+
+
+def test_policy_case_wrong_step_count(comfy: Server, case_files: dict, plans_json: Path) -> None:
+    from adasde.policy import plan_for_sigmas
+
+    grid = _policy(comfy, steps=5).sigmas.float()  # the 5-step grid; the named file has 3 steps
+    want = plan_for_sigmas(sd15_info(), "adasde", grid, coefficients=case_files[TRAINED_FILE],
+                           dirs=coefficient_dirs(comfy))
+    assert want.coeffs is None and len(want.notes) == 1 and TRAINED_FILE in want.notes[0]
+    smp = {"class_type": "AdaSDESampler", "inputs": {"coefficients": TRAINED_FILE, "afs": "auto", "s_noise": 1.0}}
+    g = custom_graph(smp, _scheduler("adasde", 5), batch=1, seed=26)
+    g["direct"] = stats_node(["d", 0])
+    g["d"] = direct_node(want, ["lat", 0], seed=26)
+    _check_case(comfy, plans_json, "wrong-steps", g, [want])
+
+
+def test_policy_case_denoise(comfy: Server, case_files: dict, plans_json: Path) -> None:
+    want = _policy(comfy, steps=3, denoise=0.6)  # the last 3 of 5 steps: rows 2..4 of the 5-step file
+    assert Path(want.coeffs_path).name == OTHER_5 and want.offset == 2 and not want.notes
+    g = ksampler_graph(batch=1, seed=27)
+    g["ks"]["inputs"]["denoise"] = 0.6
+    g["direct"] = stats_node(["d", 0])
+    g["d"] = direct_node(want, ["lat", 0], seed=27)
+    _check_case(comfy, plans_json, "denoise-0.6", g, [want])
+
+
+def test_policy_case_denoise_without_file(comfy: Server, case_files: dict, plans_json: Path) -> None:
+    """No 6-step file: the last 3 of the model's default 6-step grid, untrained, with the policy's note (which
+    advises distilling; the 'adasde' scheduler is already in use)."""
+    want = _policy(comfy, steps=3, denoise=0.5)
+    assert want.coeffs is None and len(want.notes) == 1 and "'adasde' scheduler" not in want.notes[0]
+    g = ksampler_graph(batch=1, seed=28)
+    g["ks"]["inputs"]["denoise"] = 0.5
+    g["direct"] = stats_node(["d", 0])
+    g["d"] = direct_node(want, ["lat", 0], seed=28)
+    _check_case(comfy, plans_json, "denoise-0.5-untrained", g, [want])
+
+
+def test_policy_case_two_stage_split(comfy: Server, case_files: dict, plans_json: Path) -> None:
+    first, second = _policy(comfy, steps=3, end_step=1), _policy(comfy, steps=3, start_step=1)
+    assert (first.offset, second.offset) == (0, 1) and Path(second.coeffs_path).name == TRAINED_FILE
+
+    def stage(latent: list, add: bool, start: int, end: int, leftover: bool) -> dict:
+        return {"class_type": "KSamplerAdvanced", "inputs": {
+            "model": ["m", 0], "positive": ["m", 1], "negative": ["m", 2], "latent_image": latent,
+            "add_noise": "enable" if add else "disable", "noise_seed": 24, "steps": 3, "cfg": 2.0,
+            "sampler_name": "adasde", "scheduler": "adasde", "start_at_step": start, "end_at_step": end,
+            "return_with_leftover_noise": "enable" if leftover else "disable"}}
+
+    g = {"m": toy(), "lat": empty_latent(1), "s1": stage(["lat", 0], True, 0, 1, True),
+         "s2": stage(["s1", 0], False, 1, 10000, False), "stats": stats_node(["s2", 0]),
+         "d1": direct_node(first, ["lat", 0], seed=24), "d2": direct_node(second, ["d1", 0], seed=24, add_noise=False),
+         "direct": stats_node(["d2", 0])}
+    _check_case(comfy, plans_json, "split", g, [first, second])
+
+
+def test_distill_leaves_the_users_model_untouched(comfy: Server) -> None:
+    def hashes(tag: str) -> dict:
+        g = {"m": toy(), "h": {"class_type": "AdaSDETestModelHash", "inputs": {"model": ["m", 0], "tag": tag}}}
+        return comfy.run(g)["outputs"]["h"]["adasde_hash"][0]
+
+    before = hashes("before")
+    comfy.run(distill_graph("toy-untouched", trajectories=2, seed=4), timeout=180)
+    after = hashes("after")
+    assert after["values"] == before["values"]  # same weights
+    assert after["tensors"] == before["tensors"]  # and the same tensor objects: nothing replaced in the user's model
+
+
+def test_distill_seed_stays_fixed_in_schema_and_saved_workflow() -> None:
+    """The frontend reads ``control_after_generate`` from the schema; the saved workflow keeps 'fixed' after the seed,
+    so Cancel then Queue re-runs with the same seed and resumes (the resume itself: the interrupt test above)."""
+    ui = json.loads((REPO / "workflows" / "adasde_distill.json").read_text())
+    (node,) = [n for n in ui["nodes"] if n["type"] == "AdaSDEDistill"]
+    values = node["widgets_values"]  # widget order of the schema: cfg, width, ..., afs, seed, its control, ...
+    assert isinstance(values[11], int) and values[12] == "fixed", values
+    assert "randomize" not in values
+
+
+def test_distill_seed_control_in_object_info(comfy: Server) -> None:
+    seed = comfy.object_info("AdaSDEDistill")["input"]["required"]["seed"]
+    assert seed[1].get("control_after_generate") == "fixed", seed

@@ -8,12 +8,19 @@ Loaded by the ComfyUI tests through the ``custom_nodes:`` key of an extra_model_
 * ``AdaSDETestLatentToImage`` -> IMAGE: a deterministic latent -> RGB map (first 3 channels, sigmoid, 4x nearest
   upsampling) so that sampled latents can feed image nodes without a VAE.
 * ``AdaSDETestImages`` -> IMAGE: ``count`` seeded random images (a seed range for FID tests).
-* ``AdaSDETestLatentStats`` (output node): mean/std/checksum of a LATENT in the UI output, for assertions via /history.
+* ``AdaSDETestLatentStats`` (output node): mean/std/checksum (and, for small latents, every value) of a LATENT in the
+  UI output, for assertions via /history.
+* ``AdaSDETestSigmas`` (output node): the values of a SIGMAS socket in the UI output.
+* ``AdaSDETestDirect`` -> LATENT: the library's direct call (``samplers.SAMPLERS[name]`` on a plan given as JSON:
+  sigmas in ComfyUI's float32, coefficient file, AFS) on ComfyUI's model, conditioning, CFG and noise: the reference
+  a door is compared to.
+* ``AdaSDETestModelHash`` (output node): sha256 of a MODEL's weights (values) and of the identity of its tensors.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 
 import torch
 from comfy_api.latest import ComfyExtension, io
@@ -149,14 +156,96 @@ class LatentStats(io.ComfyNode):
     def execute(cls, samples: dict) -> io.NodeOutput:
         z = samples["samples"].float()
         per = [{"mean": float(v.mean()), "std": float(v.std()), "first": [float(t) for t in v.flatten()[:16]],
+                "values": [float(t) for t in v.flatten()] if v.numel() <= 4096 else None,
                 "sha": hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest()[:16]} for v in z]
         return io.NodeOutput(ui={"adasde_stats": [{"shape": list(z.shape), "finite": bool(torch.isfinite(z).all()),
                                                    "images": per}]})
 
 
+class SigmasStats(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(node_id="AdaSDETestSigmas", display_name="AdaSDE Test Sigmas", category="adasde/testing",
+                         inputs=[io.Sigmas.Input("sigmas")], outputs=[], is_output_node=True)
+
+    @classmethod
+    def execute(cls, sigmas: torch.Tensor) -> io.NodeOutput:
+        return io.NodeOutput(ui={"adasde_sigmas": [[float(v) for v in sigmas.flatten()]]})
+
+
+class Direct(io.ComfyNode):
+    """The library's sampler called directly on a plan, inside ComfyUI's guider (conditioning, CFG, noise scaling)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="AdaSDETestDirect", display_name="AdaSDE Test Direct Call", category="adasde/testing",
+            inputs=[io.Model.Input("model"), io.Conditioning.Input("positive"), io.Conditioning.Input("negative"),
+                    io.Latent.Input("latent"), io.Int.Input("seed", default=0, min=0, max=2**63 - 1),
+                    io.Float.Input("cfg", default=2.0), io.Boolean.Input("add_noise", default=True),
+                    io.String.Input("plan", multiline=True, default="{}")],
+            outputs=[io.Latent.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, latent: dict, seed: int, cfg: float, add_noise: bool,
+                plan: str) -> io.NodeOutput:
+        import comfy.sample
+        import comfy.samplers
+        from adasde.coefficients import load
+        from adasde.nodes.host import per_image_seeds
+        from adasde.samplers import SAMPLERS
+
+        spec = json.loads(plan)
+        sigmas = torch.tensor(spec["sigmas"], dtype=torch.float32)  # a SIGMAS socket holds float32 values
+        coeffs = load(spec["coefficients"]) if spec.get("coefficients") else None
+        x0 = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+        noise = (comfy.sample.prepare_noise(x0, seed, latent.get("batch_index")) if add_noise
+                 else torch.zeros_like(x0))
+
+        class _Sampler(comfy.samplers.Sampler):
+            def sample(self, model_wrap, sig, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+                       disable_pbar=False):
+                ms = model_wrap.inner_model.model_sampling
+                x = ms.noise_scaling(sig[0], noise, latent_image, self.max_denoise(model_wrap, sig))
+                extra = {k: v for k, v in extra_args.items() if k != "denoise_mask"}
+                out = SAMPLERS[spec["sampler"]](model_wrap, x, sigmas, extra_args=per_image_seeds(extra, x),
+                                                disable=True, coeffs=coeffs, afs=bool(spec["afs"]), flow=False)
+                return ms.inverse_noise_scaling(sig[-1], out)
+
+        guider = comfy.samplers.CFGGuider(model)
+        guider.set_conds(positive, negative)
+        guider.set_cfg(cfg)
+        out = guider.sample(noise, x0, _Sampler(), sigmas.float(), seed=seed)
+        return io.NodeOutput({**latent, "samples": out})
+
+
+class ModelHash(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(node_id="AdaSDETestModelHash", display_name="AdaSDE Test Model Hash",
+                         category="adasde/testing", inputs=[io.Model.Input("model"), io.String.Input("tag")],
+                         outputs=[], is_output_node=True)
+
+    @classmethod
+    def fingerprint_inputs(cls, **kwargs) -> float:
+        return float("nan")  # never cached: hash the model as it is now
+
+    @classmethod
+    def execute(cls, model, tag: str) -> io.NodeOutput:
+        values, ids = hashlib.sha256(), hashlib.sha256()
+        base = model.model
+        for name, t in list(base.named_parameters()) + list(base.named_buffers()):
+            values.update(name.encode())
+            values.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+            ids.update(f"{name}:{id(t)}".encode())
+        return io.NodeOutput(ui={"adasde_hash": [{"tag": tag, "values": values.hexdigest(),
+                                                  "tensors": ids.hexdigest()}]})
+
+
 class TestPack(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [ToyModel, LatentToImage, RandomImages, LatentStats]
+        return [ToyModel, LatentToImage, RandomImages, LatentStats, SigmasStats, Direct, ModelHash]
 
 
 async def comfy_entrypoint() -> TestPack:
