@@ -235,3 +235,10 @@ class OutputLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def atomic_savez(path: str | os.PathLike, compressed: bool = False, **arrays: Any) -> Path:
+    """``np.savez`` (or ``np.savez_compressed``) of ``arrays`` to ``path``, atomically (:func:`atomic_save`)."""
+    import numpy as np
+
+    return atomic_save(path, lambda f: (np.savez_compressed if compressed else np.savez)(f, **arrays))

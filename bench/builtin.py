@@ -31,7 +31,7 @@ _W: dict[str, Any] = {}
 def _init_worker() -> None:
     torch.set_num_threads(1)
     from ..demo.run import FDScorer
-    from ..loaders import load_model
+    from ..models import load_model
 
     _W["model"] = load_model("builtin:fmnist").eval()
     _W["scorer"] = FDScorer()

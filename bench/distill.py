@@ -98,7 +98,7 @@ def run(model_spec: str = "testbed:gmm-error", nfes: tuple[int, ...] = NFES, rep
         out_dir: str | None = None, name: str = "distill") -> str:
     """Run the benchmark and write ``bench/results/<name>.md``; returns the report text."""
     from ..distill import distill, teacher_trajectory
-    from ..loaders import load_model
+    from ..models import load_model
     from ..samplers.presets import initial_noise
     from ..samplers.schedules import teacher_sigmas
     from ..testbeds.metrics import fd_floor, frechet_distance, reference_solve

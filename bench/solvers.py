@@ -67,7 +67,7 @@ def _solve(name: str, model: CountingModel, xT: torch.Tensor, target_nfe: int) -
 
 def _bench_testbed(spec: str, n: int, nfes: tuple[int, ...], solvers: tuple[str, ...], ref_steps: int,
                    bar: tqdm, seed: int) -> dict[str, Any]:
-    from ..loaders import load_model
+    from ..models import load_model
     from ..testbeds import fd_floor, mmd2_unbiased, reference_solve
     from ..testbeds.metrics import ExactReference, mode_tv, sliced_w2
 

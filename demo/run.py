@@ -127,7 +127,7 @@ def _generate(model: Any, name: str, nfe: int, seeds: Sequence[int], coeffs: Any
 def run_demo(cfg: DemoConfig) -> DemoResult:
     """Run every phase and write the report folder; returns the measured rows.  Raises :class:`DemoError` for a bad
     setting or ``--quick`` without shipped AdaSDE coefficients at the headline NFE (before any work)."""
-    from ..loaders import load_model
+    from ..models import load_model
 
     check_config(cfg)
     nfes = sorted(set(int(k) for k in cfg.chart_nfes) | {cfg.nfe})

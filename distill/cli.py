@@ -122,7 +122,7 @@ def _distill(args: argparse.Namespace, out: Path, ck: Path, size: int, rank: int
     import torch
 
     from .. import coefficients
-    from ..loaders import load_model
+    from ..models import load_model
     from ..runtime import barrier
     from .adasde import distill
     from .features import feature_net_by_name

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import AdasdeError, UsageError
-from .stats import RunningStats, _atomic_savez
+from ..fileio import atomic_savez
 
 LAYOUTS = ("edm", "pytorch-fid", "torch-fidelity")
 META_KEY = "adasde_meta"
@@ -61,7 +61,7 @@ class RefStats:
         return self.meta.get("num_images", self.meta.get("n"))
 
     @classmethod
-    def from_running(cls, rs: RunningStats, **meta: Any) -> RefStats:
+    def from_running(cls, rs: Any, **meta: Any) -> RefStats:
         return cls(mu=rs.mu, sigma=rs.sigma, meta={**rs.meta, "num_images": rs.n, **meta})
 
 
@@ -75,20 +75,21 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def save_stats(
-    path: str | os.PathLike, stats: RefStats | RunningStats, layout: str = "edm", meta: dict[str, Any] | None = None
+    path: str | os.PathLike, stats: Any, layout: str = "edm", meta: dict[str, Any] | None = None
 ) -> Path:
-    """Write ``mu``/``sigma`` in one of :data:`LAYOUTS` plus ``adasde_meta`` (JSON), atomically."""
+    """Write ``mu``/``sigma`` of ``stats`` (a :class:`RefStats` or a ``stats.RunningStats`` accumulator) in one of
+    :data:`LAYOUTS` plus ``adasde_meta`` (JSON), atomically."""
     if layout not in LAYOUTS:
         raise UsageError(f"save_stats: unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     check_stats_dest(path)
-    if isinstance(stats, RunningStats):
+    if not isinstance(stats, RefStats):  # a RunningStats accumulator
         stats = RefStats.from_running(stats)
     mu = np.asarray(stats.mu, dtype=np.float32 if layout == "torch-fidelity" else np.float64)
     sigma = np.asarray(stats.sigma, dtype=np.float64)
     info = {**stats.meta, **(meta or {})}
     info.setdefault("date", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     info.update(layout=layout, dim=int(mu.shape[0]), dtype={"mu": str(mu.dtype), "sigma": str(sigma.dtype)})
-    return _atomic_savez(path, compressed=layout != "edm", mu=mu, sigma=sigma, **{META_KEY: np.array(json.dumps(info))})
+    return atomic_savez(path, compressed=layout != "edm", mu=mu, sigma=sigma, **{META_KEY: np.array(json.dumps(info))})
 
 
 _MAX_ARRAY_BYTES = 1 << 29  # 512 MiB: a 2048-d float64 covariance is 32 MiB; anything far larger is not ours

@@ -22,14 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..fileio import atomic_savez
+
 STATE_FORMAT = "adasde-running-stats/1"
-
-
-def _atomic_savez(path: str | os.PathLike, compressed: bool = False, **arrays: Any) -> Path:
-    """``np.savez`` to ``path`` through a temporary file and ``os.replace`` (no half-written files)."""
-    from ..fileio import atomic_save
-
-    return atomic_save(path, lambda f: (np.savez_compressed if compressed else np.savez)(f, **arrays))
 
 
 class RunningStats:
@@ -147,7 +142,7 @@ class RunningStats:
 
     def save(self, path: str | os.PathLike, **extra: np.ndarray) -> Path:
         """Write the partial state (resumable, mergeable) atomically to an ``.npz``; ``extra`` arrays ride along."""
-        return _atomic_savez(path, **self.state_arrays(), **extra)
+        return atomic_savez(path, **self.state_arrays(), **extra)
 
     @classmethod
     def from_arrays(cls, arrays: Any, prefix: str = "rs_", source: str = "<arrays>") -> RunningStats:

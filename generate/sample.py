@@ -120,8 +120,9 @@ def sample_images(
     choice: the best fitting file on the search path)."""
     from ..evaluation.images import save_png
     from ..evaluation.reference import sha256_file
-    from ..loaders import ModelSpecError, load_model
+    from ..loaders import ModelSpecError
     from ..loaders.prompts import condition_args, prompts_for_seeds, read_prompts
+    from ..models import load_model
 
     if out is None and grid is None:
         raise UsageError("sample needs --out DIR and/or --grid FILE")

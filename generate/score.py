@@ -24,7 +24,8 @@ from ..evaluation.features import load_feature_net
 from ..evaluation.metrics import fid_from_stats
 from ..evaluation.pipeline import _net_meta, _net_name, _now, _ref_info, versions
 from ..evaluation.reference import check_feature_net, load_stats, sha256_file
-from ..evaluation.stats import RunningStats, _atomic_savez
+from ..evaluation.stats import RunningStats
+from ..fileio import atomic_savez
 from ..policy import AUTO, plan
 from ..runtime import device as parse_device
 from ..runtime import rank_world
@@ -48,7 +49,7 @@ def sample_and_score(
     ``"untrained"`` or None (automatic choice).  Returns the result dict (value + full protocol); only rank 0's
     matters."""
     from ..evaluation.images import save_png
-    from ..loaders import load_model
+    from ..models import load_model
 
     if coeffs is None and nfe is None and steps is None:
         raise UsageError("fid sample needs --nfe K, --steps N or --coeffs FILE")
@@ -102,7 +103,7 @@ def sample_and_score(
 
     def save_state() -> None:
         if state is not None:
-            _atomic_savez(state, **rs.state_arrays(), progress=np.array(json.dumps({"key": key, "done": done})))
+            atomic_savez(state, **rs.state_arrays(), progress=np.array(json.dumps({"key": key, "done": done})))
 
     t0, last = time.time(), time.time()
     for s, imgs in generate(den, p, mine, batch=batch, device=dev, progress=progress and rank == 0,

@@ -79,12 +79,6 @@ def register_resolver(prefix: str, fn: Resolver) -> None:
     _RESOLVERS[prefix] = fn
 
 
-def _import_model_packages() -> None:
-    """Import the resolvers that live beside their models (importing registers them)."""
-    from ..builtin import loader as _builtin  # noqa: F401
-    from ..testbeds import loader as _testbeds  # noqa: F401
-
-
 def spec_options(rest: str, allowed: dict[str, Callable[[str], Any]]) -> tuple[str, dict[str, Any]]:
     """Split ``PATH?key=value&key=value`` into ``PATH`` and the options, converted by ``allowed[key]``; a query
     whose keys are not all in ``allowed`` is left in ``PATH`` (a ``?`` in a file name)."""
@@ -103,10 +97,9 @@ def spec_options(rest: str, allowed: dict[str, Callable[[str], Any]]) -> tuple[s
     return path, out
 
 
-def load_model(spec: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-               **kw: Any) -> Denoiser:
-    """Resolve a model spec such as ``builtin:fmnist`` or ``diffusers:/path/to/folder``."""
-    _import_model_packages()
+def resolve_spec(spec: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                 **kw: Any) -> Denoiser:
+    """Resolve a model spec with the resolvers registered so far (``models.load_model`` registers them all)."""
     prefix, sep, rest = spec.partition(":")
     if not sep or prefix not in _RESOLVERS:
         known = ", ".join(sorted(f"{p}:..." for p in _RESOLVERS)) or "none"

@@ -5,7 +5,7 @@
   a ``comfy.model_base.BaseModel`` of type EDM (``ModelSamplingContinuousEDM`` with sigma in [0.002, 80],
   sigma_data 0.5).  ComfyUI's EDM preconditioning (c_in, c_noise = ln(sigma) / 4, c_skip, c_out) is exactly the one
   the model was trained with (docs/ALGORITHMS.md section 1.1), so its ``diffusion_model`` is the raw U-Net F and the
-  denoiser ComfyUI builds equals ``loaders.load_model("builtin:fmnist")``.  The latent is the 1 x 28 x 28 pixel
+  denoiser ComfyUI builds equals ``models.load_model("builtin:fmnist")``.  The latent is the 1 x 28 x 28 pixel
   image in [-1, 1]; the VAE is the identity map to a grey RGB image in [0, 1].  The model is unconditional: the
   CONDITIONING output only satisfies KSampler's positive / negative inputs (use cfg 1).
 * ``Empty Built-in Latent`` -> LATENT of zeros ``[batch, 1, 28, 28]``.
@@ -103,7 +103,7 @@ def load_builtin_model() -> Any:
         import comfy.model_management as mm
         import comfy.model_patcher
 
-        from ..loaders import load_model
+        from ..models import load_model
 
         _, config_cls, raw_cls = _comfy_classes()
         denoiser = load_model("builtin:fmnist", device="cpu", dtype=torch.float32)

@@ -8,7 +8,8 @@ import os
 import pytest
 import torch
 from adasde.builtin import loader
-from adasde.loaders import ModelSpecError, load_model
+from adasde.loaders import ModelSpecError
+from adasde.models import load_model
 from safetensors import safe_open
 from safetensors.torch import save_file
 

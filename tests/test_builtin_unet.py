@@ -6,7 +6,7 @@ import pytest
 import torch
 from adasde.builtin.data import load_fmnist
 from adasde.builtin.unet import FMNISTDenoiser, UNetConfig, edm_precond
-from adasde.loaders import load_model
+from adasde.models import load_model
 
 
 @pytest.fixture(autouse=True)

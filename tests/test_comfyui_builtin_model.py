@@ -42,7 +42,7 @@ def _saved_images(comfy: Server, entry: dict, node: str) -> np.ndarray:
 
 def _predicted(seed: int, batch: int, coeffs) -> np.ndarray:
     """uint8 images the library gives for ComfyUI's noise of ``seed`` with ``coeffs`` (None = untrained)."""
-    from adasde.loaders import load_model
+    from adasde.models import load_model
     from adasde.samplers import append_zero, sample_adasde
 
     model = load_model("builtin:fmnist")

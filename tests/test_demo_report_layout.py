@@ -70,7 +70,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of a demo report folder with report.html rewritten to include the same-noise rows: the reduced demo
     run of tests/test_demo_run.py, or the finished ``adasde demo`` folder named by ``$ADASDE_REPORT_SITE`` (used
     for the screenshots in docs/img)."""
-    from adasde.loaders import load_model
+    from adasde.models import load_model
 
     given = os.environ.get("ADASDE_REPORT_SITE")
     run = None if given else reduced_demo(tmp_path_factory)

@@ -62,7 +62,7 @@ def _one_thread() -> Iterator[None]:
 
 def make_amed_file(folder: Path, nfe: int = NFE) -> Path:
     """An AMED-Solver coefficient file for the built-in model with (untrained, seeded) predictor weights."""
-    from adasde.loaders import load_model
+    from adasde.models import load_model
     from adasde.samplers import AMEDPredictor
     from adasde.samplers.presets import preset
 
@@ -246,7 +246,7 @@ def test_amed_gets_the_bottleneck_features(demo: DemoRun) -> None:
     """With a predictor in the AMED file the demo passes the model's bottleneck to it (samplers.sample_amed)."""
     from adasde.demo.run import _generate
     from adasde.generate import to_uint8
-    from adasde.loaders import load_model
+    from adasde.models import load_model
     from adasde.samplers import sample_amed
     from adasde.samplers.presets import initial_noise
 

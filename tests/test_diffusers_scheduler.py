@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from adasde.coefficients import Coefficients
-from adasde.loaders import load_model
+from adasde.models import load_model
 from adasde.samplers import CoefficientMismatchWarning, get_sigmas, sample_adasde
 from helpers.diffusers_models import sd_dir  # noqa: F401
 

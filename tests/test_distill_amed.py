@@ -10,7 +10,7 @@ from adasde.cli import main
 from adasde.coefficients import Coefficients, load, save
 from adasde.distill import teacher_trajectory
 from adasde.distill.amed import distill_amed
-from adasde.loaders import load_model
+from adasde.models import load_model
 from adasde.samplers import teacher_sigmas
 from adasde.samplers.amed import AMEDPredictor, sample_amed, sample_amed_plugin
 from adasde.samplers.presets import initial_noise

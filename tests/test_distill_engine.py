@@ -11,7 +11,7 @@ from adasde.coefficients import Coefficients
 from adasde.distill import DistillError, NonFiniteError, distill, map_tables, steps_for_nfe
 from adasde.distill.checkpoint import load_checkpoint
 from adasde.distill.params import GAMMA_MIN, init_raw
-from adasde.loaders import load_model
+from adasde.models import load_model
 from adasde.samplers import get_sigmas, sample_adasde
 from adasde.samplers.presets import initial_noise
 from adasde.testbeds.metrics import reference_solve

@@ -36,7 +36,7 @@ class World:
     """One model with its files: ``info`` as the library sees it, ``den`` (library denoiser), ``pipe``."""
 
     def __init__(self, name: str, root: Path) -> None:
-        from adasde.loaders import load_model
+        from adasde.models import load_model
 
         self.name, self.folder = name, root / "coefficients"
         self.pipe = None

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 from adasde.errors import UsageError
-from adasde.loaders import ModelSpecError, load_model
+from adasde.loaders import ModelSpecError
 from adasde.loaders.guidance import ClassifierGuided
 from adasde.loaders.networks.adm import RELEASED, ADMConfig, ADMUNet, AttentionBlock, infer_config
+from adasde.models import load_model
 from adasde.samplers import get_sigmas, sample_adasde, sample_heun
 
 MARKER = "ADM_PICKLE_CODE_RAN"

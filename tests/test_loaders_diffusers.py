@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from adasde.loaders import ModelSpecError, load_model
+from adasde.loaders import ModelSpecError
+from adasde.models import load_model
 from adasde.samplers import get_sigmas, sample_adasde
 from helpers.diffusers_models import ddpm_dir, make_ddpm_folder, make_sdxl_folder, sd_dir, tiny_unet2d  # noqa: F401
 

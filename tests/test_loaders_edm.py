@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 import torch
 from adasde.errors import UsageError
-from adasde.loaders import ModelSpecError, load_model
+from adasde.loaders import ModelSpecError
 from adasde.loaders.networks.edm import DhariwalUNet, SongUNet
+from adasde.models import load_model
 from adasde.samplers import get_sigmas, sample_adasde, sample_heun
 
 MARKER = "EDM_SOURCE_WAS_EXECUTED"

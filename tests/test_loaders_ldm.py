@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from adasde.loaders import ModelSpecError, load_model
+from adasde.loaders import ModelSpecError
+from adasde.models import load_model
 from adasde.samplers import get_sigmas, sample_adasde
 from helpers.ldm_layout import tiny_sd
 

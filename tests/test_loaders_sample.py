@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 from adasde.cli import main
-from adasde.loaders import ModelSpecError, load_model
+from adasde.loaders import ModelSpecError
 from adasde.loaders.prompts import PromptCondition, prompts_for_seeds, read_prompts
+from adasde.models import load_model
 from helpers.diffusers_models import ddpm_dir, sd_dir  # noqa: F401
 from PIL import Image
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from adasde.loaders import load_model
+from adasde.models import load_model
 from adasde.samplers import get_sigmas
 from adasde.samplers.presets import initial_noise
 from adasde.samplers.registry import SAMPLERS

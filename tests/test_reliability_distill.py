@@ -17,7 +17,7 @@ from adasde.distill.checkpoint import load_checkpoint
 from adasde.distill.params import init_raw
 from adasde.errors import AdasdeError, InputFileError, UsageError
 from adasde.fileio import OutputLock
-from adasde.loaders import load_model
+from adasde.models import load_model
 from adasde.samplers import get_sigmas
 
 TINY = dict(num_steps=3, batch=8, trajectories=32, checkpoint_every=1)

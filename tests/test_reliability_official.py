@@ -44,8 +44,8 @@ def test_small_pickle_cannot_allocate_much(tmp_path, case):
 
 
 def test_diffusers_folder_naming_a_foreign_module_is_refused(tmp_path):
-    from adasde.loaders import load_model
     from adasde.loaders.base import ModelSpecError
+    from adasde.models import load_model
 
     d = tmp_path / "model"
     d.mkdir()

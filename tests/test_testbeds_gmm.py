@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from adasde.loaders import load_model
+from adasde.models import load_model
 from adasde.testbeds import (
     GaussianMixture,
     GMMDenoiser,
