@@ -58,8 +58,24 @@ def _builtin(a: argparse.Namespace) -> int:
     return 0
 
 
+def _policy(a: argparse.Namespace) -> int:
+    import sys
+
+    import torch
+
+    from ..errors import UsageError
+    from .policy import run
+
+    if min(a.samples, a.blocks, a.nfe) < 1 or a.samples < 2:
+        raise UsageError("bench policy: --nfe, --blocks must be >= 1 and --samples >= 2")
+    torch.set_num_threads(a.threads)
+    print(run(a.nfe, a.samples, a.blocks, a.distilled, a.batch, a.out_dir, not a.no_progress,
+              "adasde " + " ".join(sys.argv[1:])))
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``bench`` and its sub-commands (overhead, solvers, distill, fid, builtin)."""
+    """Add ``bench`` and its sub-commands (overhead, solvers, distill, fid, builtin, policy)."""
     parser = subparsers.add_parser("bench", help="run a benchmark and write bench/results/<name>.md",
                                    description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="bench", metavar="BENCH")
@@ -129,5 +145,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", default=None, help=_OUT_DIR_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_builtin)
+
+    p = sub.add_parser("policy", help="what the defaults give: automatic coefficient choice vs the named file, "
+                       "untrained and training-free solvers -> bench/results/policy.md")
+    p.add_argument("--nfe", type=int, default=5)
+    p.add_argument("--samples", type=int, default=2000, help="images per seed block")
+    p.add_argument("--blocks", type=int, default=2, help="disjoint seed blocks")
+    p.add_argument("--distilled", default=None, metavar="FILE",
+                   help="also score a file written by `adasde distill` with default flags")
+    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out-dir", default=None, help=_OUT_DIR_HELP)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_policy)
 
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
