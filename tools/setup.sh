@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything adasde needs on a fresh Debian machine with only the package registries reachable:
-# Debian packages (Fashion-MNIST data, Chromium for the report/web tests), a virtual environment in .venv with
+# for the tests, Debian packages (Fashion-MNIST data, Chromium for the report/web tests); a virtual environment in .venv with
 # torch 2.14.1 + torchvision 0.29.1 (+ torchaudio 2.11.0 for ComfyUI) and adasde itself (editable).
 # Usage: tools/setup.sh [--tests]   (--tests also installs the test extras and the real ComfyUI 0.30.0)
 set -euo pipefail
@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 want_tests=0
 [ "${1:-}" = "--tests" ] && want_tests=1
 
-apt_pkgs="dataset-fashion-mnist"
-[ $want_tests = 1 ] && apt_pkgs="$apt_pkgs chromium"
+apt_pkgs=""  # the demo needs no system package: the model, its classifier and the FD statistics are shipped
+[ $want_tests = 1 ] && apt_pkgs="dataset-fashion-mnist chromium"  # the data-reading and browser tests
 missing=""
 for p in $apt_pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
