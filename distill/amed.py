@@ -18,7 +18,6 @@ multistep students (ipndm, dpmpp) continue from their own detached state.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +28,7 @@ from ..samplers.amed import PLUGIN_BASES, AMEDPredictor, PluginHistory, amed_ste
 from ..samplers.common import afs_denoised, is_flow_model
 from .adasde import check_run, final_losses, grids, identity_of, resolve_common, steps_for_nfe
 from .engine import LoopConfig, ModelGuard, run
+from .options import ADASDE_ONLY, AMED_DEFAULTS, DistillOptions, merge, reject
 from .params import check_scales
 from .teacher import teacher_nfe
 
@@ -43,42 +43,7 @@ def _amed_scale(raw: torch.Tensor, s: float) -> torch.Tensor:
     return 1 - s + 2 * s * torch.sigmoid(raw)
 
 
-def distill_amed(
-    model: Callable,
-    *,
-    shape: tuple[int, ...] | None = None,
-    sigma_min: float | None = None,
-    sigma_max: float | None = None,
-    num_steps: int | None = None,
-    nfe: int | None = None,
-    afs: bool = True,
-    schedule: str | None = None,
-    rho: float | None = None,
-    model_sigmas: torch.Tensor | None = None,
-    plugin: str | None = None,
-    teacher: str | None = None,
-    M: int | None = None,  # noqa: N803
-    scale_dir: float = 0.01,
-    scale_time: float = 0.0,
-    lr: float = 5e-3,
-    cosine: bool = False,
-    batch: int = 128,
-    trajectories: int = 10_000,
-    seed: int = 0,
-    condition_fn: Callable[[int, torch.Generator], dict] | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-    progress: Callable[[dict[str, Any]], Any] | None = None,
-    checkpoint: str | os.PathLike | None = None,
-    checkpoint_every: int = 10,
-    resume: bool = False,
-    bptt: bool = False,
-    grad_checkpoint: bool = False,
-    predictor: torch.nn.Module | None = None,
-    flow: bool | None = None,
-    max_loss_factor: float = 1e4,
-    name: str | None = None,
-) -> Coefficients:
+def distill_amed(model: Callable, options: DistillOptions | None = None, **overrides: Any) -> Coefficients:
     """Distil AMED-Solver (``plugin=None``) or AMED-Plugin on ``plugin`` (ALGORITHMS.md section 4.4).
 
     Same front end as :func:`distill` (shape / sigmas / schedule from a Denoiser, ``nfe`` or ``num_steps``,
@@ -87,8 +52,16 @@ def distill_amed(
     teacher forcing (``bptt=False``).  ``predictor``: an AMED predictor module to train (default: a fresh
     ``samplers.amed.AMEDPredictor`` seeded by ``seed``).  Returns Coefficients of kind ``"amed"`` (predictor weights
     plus the predictor's zero-feature outputs as constant tables) or ``"amed_plugin"`` (tables, ``base``).
+    Settings: ``options`` (a :class:`DistillOptions`) and/or its field names as keywords (keywords win).
     """
-    c = resolve_common(model, shape, sigma_min, sigma_max, schedule, rho, model_sigmas, device, dtype)
+    o = merge("distill_amed", options, overrides)
+    reject("distill_amed", o, ADASDE_ONLY, "distill (AdaSDE)")
+    o = o.with_defaults(AMED_DEFAULTS)
+    shape, sigma_min, sigma_max, num_steps, nfe, afs = o.shape, o.sigma_min, o.sigma_max, o.num_steps, o.nfe, o.afs
+    schedule, rho, model_sigmas, plugin, teacher, M = o.schedule, o.rho, o.model_sigmas, o.plugin, o.teacher, o.M  # noqa: N806
+    scale_dir, scale_time, lr, cosine, batch = o.scale_dir, o.scale_time, o.lr, o.cosine, o.batch
+    trajectories, seed, bptt, predictor = o.trajectories, o.seed, o.bptt, o.predictor
+    c = resolve_common(model, shape, sigma_min, sigma_max, schedule, rho, model_sigmas, o.device, o.dtype)
     if plugin is not None and plugin not in PLUGINS:
         raise ValueError(f"distill_amed: plugin={plugin!r}; AMED-Plugin bases are {', '.join(PLUGINS)}; "
                          f"None trains AMED-Solver")
@@ -101,10 +74,10 @@ def distill_amed(
     M = default_m if M is None else M  # noqa: N806
     check_run(num_steps, 1, M, teacher, batch, trajectories, lr)
     check_scales(scale_dir, scale_time, 0.0)
-    flow = is_flow_model(model) if flow is None else bool(flow)
+    flow = is_flow_model(model) if o.flow is None else bool(o.flow)
     sig, s, fine = grids(c["schedule"], num_steps, M, c["sigma_min"], c["sigma_max"], c["rho"], c["model_sigmas"])
     steps = num_steps - 1
-    guard = ModelGuard(model, grad_checkpoint=grad_checkpoint)
+    guard = ModelGuard(model, grad_checkpoint=o.grad_checkpoint)
     dev = c["device"]
 
     features = getattr(model, "bottleneck", None)
@@ -165,10 +138,10 @@ def distill_amed(
                 "loss": "l2"}
     cfg = LoopConfig(shape=c["shape"], sigmas=s, fine=fine, M=M, teacher=teacher, seed=seed, batch=batch,
                      trajectories=trajectories, lr=lr, cosine=cosine, bptt=bptt, flow=flow, device=dev,
-                     dtype=c["dtype"], condition_fn=condition_fn, checkpoint=checkpoint,
-                     checkpoint_every=checkpoint_every, resume=resume, max_loss_factor=max_loss_factor,
+                     dtype=c["dtype"], condition_fn=o.condition_fn, checkpoint=o.checkpoint,
+                     checkpoint_every=o.checkpoint_every, resume=o.resume, max_loss_factor=o.max_loss_factor,
                      settings=settings, teacher_forcing=not (bptt or multistep))
-    result = run(model, params, student_step, cfg, snapshot, progress=progress, guard=guard)
+    result = run(model, params, student_step, cfg, snapshot, progress=o.progress, guard=guard)
     tab = constants()
     ones = torch.ones(steps, 1)
     training = dict(settings, iterations=result.iterations, resumed_from=result.resumed_from,
@@ -178,7 +151,7 @@ def distill_amed(
     training.pop("sigmas")
     out = Coefficients(r=tab["r"], a=tab["a"], c=tab["c"], gamma=torch.zeros(steps, 1), w=ones, sigmas=sig,
                        schedule=c["schedule"], rho=c["rho"], afs=afs,
-                       model=identity_of(c["identity"], c["sigma_min"], c["sigma_max"], name), kind=kind,
+                       model=identity_of(c["identity"], c["sigma_min"], c["sigma_max"], o.name), kind=kind,
                        base=plugin, training=training)
     if plugin is None:
         out.predictor = {k: v.detach().cpu().float().contiguous() for k, v in pred.state_dict().items()}
