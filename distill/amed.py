@@ -18,18 +18,21 @@ multistep students (ipndm, dpmpp) continue from their own detached state.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from ..coefficients import Coefficients
+from ..errors import UsageError
 from ..samplers.amed import PLUGIN_BASES, AMEDPredictor, PluginHistory, amed_step, plugin_step
 from ..samplers.common import afs_denoised, is_flow_model
 from .adasde import check_run, final_losses, grids, identity_of, resolve_common, steps_for_nfe
 from .engine import LoopConfig, ModelGuard, run
 from .options import ADASDE_ONLY, AMED_DEFAULTS, DistillOptions, merge, reject
 from .params import check_scales
+from .robust import INIT_MODES, HeldOut, scan_total_
 from .teacher import teacher_nfe
 
 PLUGINS = PLUGIN_BASES  # euler, dpm_2, ipndm, dpmpp
@@ -135,19 +138,29 @@ def distill_amed(model: Callable, options: DistillOptions | None = None, **overr
     settings = {"kind": kind, "base": plugin, "shape": list(c["shape"]), "sigmas": s, "M": M, "teacher": teacher,
                 "afs": afs, "scale_dir": scale_dir, "scale_time": scale_time, "lr": lr, "cosine": cosine,
                 "batch": batch, "trajectories": trajectories, "seed": seed, "bptt": bptt or multistep, "flow": flow,
-                "loss": "l2"}
+                "loss": "l2", "init": o.init}
     cfg = LoopConfig(shape=c["shape"], sigmas=s, fine=fine, M=M, teacher=teacher, seed=seed, batch=batch,
                      trajectories=trajectories, lr=lr, cosine=cosine, bptt=bptt, flow=flow, device=dev,
                      dtype=c["dtype"], condition_fn=o.condition_fn, checkpoint=o.checkpoint,
                      checkpoint_every=o.checkpoint_every, resume=o.resume, max_loss_factor=o.max_loss_factor,
                      settings=settings, teacher_forcing=not (bptt or multistep))
+    if o.init not in INIT_MODES:
+        raise UsageError(f"distill_amed: init={o.init!r}; choose one of {', '.join(INIT_MODES)}")
+    held = HeldOut(guard, cfg)
+    init_r = None
+    if o.init == "scan" and not (o.resume and o.checkpoint is not None and os.path.exists(o.checkpoint)):
+        if plugin is None:  # the r head's bias shifts r at every step
+            init_r = [scan_total_(pred.head_r.bias, (0,), student_step, held)]
+        else:
+            init_r = [scan_total_(raw["r"], (n, 0), student_step, held) for n in range(steps)]
     result = run(model, params, student_step, cfg, snapshot, progress=o.progress, guard=guard)
+    heldout = held.losses(student_step)
     tab = constants()
     ones = torch.ones(steps, 1)
     training = dict(settings, iterations=result.iterations, resumed_from=result.resumed_from,
                     nonfinite_grads=result.nonfinite_grads, seconds=round(result.seconds, 3),
                     teacher_nfe=teacher_nfe(teacher, num_steps, M), losses=final_losses(result.history),
-                    torch=torch.__version__)
+                    heldout_losses=heldout, heldout_loss=sum(heldout), init_r=init_r, torch=torch.__version__)
     training.pop("sigmas")
     out = Coefficients(r=tab["r"], a=tab["a"], c=tab["c"], gamma=torch.zeros(steps, 1), w=ones, sigmas=sig,
                        schedule=c["schedule"], rho=c["rho"], afs=afs,

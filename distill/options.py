@@ -25,7 +25,7 @@ ADASDE_DEFAULTS: dict[str, Any] = {  # the paper's settings (section 3.5 table)
 AMED_DEFAULTS: dict[str, Any] = {  # AMED-Solver / AMED-Plugin (section 4.4)
     "scale_dir": 0.01, "scale_time": 0.0, "lr": 5e-3, "cosine": False, "batch": 128, "bptt": False,
 }
-ADASDE_ONLY = ("K", "gamma_max", "loss", "feature_net", "decoder", "alpha", "init")
+ADASDE_ONLY = ("K", "gamma_max", "loss", "feature_net", "decoder", "alpha")
 AMED_ONLY = ("plugin", "predictor")
 
 
@@ -63,7 +63,7 @@ class DistillOptions:
     trajectories: int = 10_000  #: teacher trajectories in all
     seed: int = 0  #: initial tables / predictor and trajectory noise
     bptt: bool | None = None  #: back-propagate through the student trajectory (AdaSDE) or teacher-force (AMED)
-    init: str = "scan"  #: AdaSDE r start: scan on a held-out batch (robust) or random (the paper's)
+    init: str = "scan"  #: r start: scan on a held-out batch (robust, distill/robust.py) or the papers' random one
     # --- run ---
     condition_fn: Callable[[int, torch.Generator], dict] | None = None  #: (iteration, rng) -> batch extra_args
     device: torch.device | str | None = None

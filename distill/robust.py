@@ -96,3 +96,24 @@ def scan_r_(raw_r: torch.Tensor, student_step: StudentStep, held: HeldOut,
         x = best[2]
         chosen.append(best[1])
     return chosen
+
+
+@torch.no_grad()
+def scan_total_(param: torch.Tensor, index: tuple[int, ...], student_step: StudentStep, held: HeldOut,
+                candidates: tuple[float, ...] = R_CANDIDATES) -> float:
+    """Set the raw value ``param[index]`` (in place) to ``logit(p)`` for the candidate p whose whole student
+    trajectory has the lowest held-out loss (for starts that are not one table row per step: the r-head bias of the
+    AMED predictor, or rows of multistep solvers whose history a per-step scan would disturb).  Returns the chosen
+    p; the start is kept when every candidate diverges."""
+    keep = param[index].clone()
+    best: tuple[float, float] | None = None
+    for p in candidates:
+        param[index] = _logit(p)
+        total = sum(held.losses(student_step))
+        if math.isfinite(total) and (best is None or total < best[0]):
+            best = (total, p)
+    if best is None:
+        param[index] = keep
+        return float(torch.sigmoid(keep))
+    param[index] = _logit(best[1])
+    return best[1]
