@@ -1,7 +1,7 @@
 """``adasde bench recipes``: choose the AdaSDE recipe per NFE (distill/recipes.py) by held-out teacher loss.
 
 For each NFE, candidates are the published per-NFE settings (bench/distill.py ``adasde_settings``) and one-factor
-changes of them (lr, batch, scale_dir, gamma_max, M); each is distilled for every seed and scored by the squared L2
+changes of them (lr, batch, scale_dir, gamma_max); each is distilled for every seed and scored by the squared L2
 distance of the student's own trajectory to one common reference teacher (dpm2, M = 3) at the student grid points,
 summed over steps and averaged over a held-out batch whose noise no run trains on.  The common teacher makes
 candidates with different M comparable.  No image-feature network is involved.  Writes ``bench/results/<name>.md``.
@@ -34,8 +34,6 @@ def candidates(nfe: int) -> list[tuple[str, dict[str, Any]]]:
     out.append((f"scale_dir {sd}", dict(base, scale_dir=sd)))
     gm = 0.02 if base["gamma_max"] == 0.01 else 0.01
     out.append((f"gamma_max {gm}", dict(base, gamma_max=gm)))
-    m = 2 if base["M"] == 3 else 3
-    out.append((f"M {m}", dict(base, M=m)))
     return out
 
 

@@ -48,3 +48,15 @@ def test_options_object_and_keywords_are_the_same_run(gmm_error):
         distill(gmm_error, init="zeros", num_steps=3)
     am = distill_amed(gmm_error, DistillOptions(num_steps=3, batch=8, trajectories=16))
     assert am.training["lr"] == 5e-3 and am.training["batch"] == 8 and am.training["M"] == 1  # AMED defaults
+
+
+def test_bench_recipes_ranks_candidates_by_heldout_loss(tmp_path):
+    from adasde.bench.recipes import candidates, run
+
+    cands = dict(candidates(3))
+    assert cands["published"]["gamma_max"] == 0.02 and cands["batch 64"]["batch"] == 64
+    text = run(nfes=(3,), seeds=1, trajectories=32, out_dir=str(tmp_path), name="r")
+    rows = [line for line in text.splitlines() if line.startswith("| 3 |")]
+    assert len(rows) == len(cands) and "**best**" in rows[0]
+    losses = [float(r.split("|")[8]) for r in rows]
+    assert losses == sorted(losses) and (tmp_path / "r.md").is_file()
