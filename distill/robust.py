@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..runtime import rank_world
 from ..samplers.common import SeededNoise
 from ..samplers.presets import initial_noise
 from .engine import LoopConfig, condition_rng, sample_seed
@@ -32,37 +33,67 @@ INIT_MODES = ("scan", "random")
 StudentStep = Callable[[int, torch.Tensor, torch.Tensor | None, dict], torch.Tensor]
 
 
-class HeldOut:
-    """A fixed batch of held-out trajectories: noise, teacher states at the student grid, churn noise per step."""
+def _rows(extra: dict, n: int, lo: int, hi: int) -> dict:
+    """Rows ``lo:hi`` of the per-sample entries (tensors / lists of length ``n``) of ``extra``."""
+    out = {}
+    for k, v in extra.items():
+        if (torch.is_tensor(v) and v.ndim > 0 and v.shape[0] == n) or (isinstance(v, (list, tuple)) and len(v) == n):
+            out[k] = v[lo:hi]
+        else:
+            out[k] = v
+    return out
 
-    def __init__(self, model: Callable, cfg: LoopConfig, size: int | None = None) -> None:
+
+class HeldOut:
+    """A fixed batch of held-out trajectories: noise, teacher states at the student grid, churn noise per step.
+
+    The same batch on every process (a function of the seed only, so the result does not depend on the number of
+    processes); model calls run in chunks of the per-process training batch, so it needs no more memory than training.
+    """
+
+    def __init__(self, model: Callable, cfg: LoopConfig, size: int | None = None, chunk: int | None = None) -> None:
         n = int(size or min(cfg.batch, 64))
+        self.chunk = max(1, int(chunk or cfg.batch // rank_world()[1]))
         seeds = [sample_seed(cfg.seed, HELDOUT_INDEX + i) for i in range(n)]
         self.x = initial_noise(seeds, cfg.shape, 1.0 if cfg.flow else cfg.sigmas[0], device=cfg.device,
                                dtype=cfg.dtype)
         extra: dict = {}
         if cfg.condition_fn is not None:
             extra = dict(cfg.condition_fn(HELDOUT_ITERATION, condition_rng(cfg.seed + 1, HELDOUT_ITERATION)) or {})
-            extra = {k: (v[:n] if (torch.is_tensor(v) and v.ndim > 0 and v.shape[0] == cfg.batch)
-                         or (isinstance(v, (list, tuple)) and len(v) == cfg.batch) else v) for k, v in extra.items()}
+            extra = _rows(extra, cfg.batch, 0, n)
             extra = {k: v.to(cfg.device) if torch.is_tensor(v) else v for k, v in extra.items()}
-        self.extra = extra
-        self.ys = teacher_trajectory(model, self.x, cfg.fine, cfg.M, cfg.teacher, extra, cfg.flow)
+        self.extra, self.n = extra, n
+        parts = [teacher_trajectory(model, self.x[lo:hi], cfg.fine, cfg.M, cfg.teacher, _rows(extra, n, lo, hi),
+                                    cfg.flow) for lo, hi in self._chunks()]
+        self.ys = [torch.cat([p[j] for p in parts]) for j in range(len(parts[0]))]
         noise = SeededNoise(self.x, seeds)
         steps = len(cfg.sigmas) - 1
         self.eps: list[torch.Tensor | None] = [None] + [noise() for _ in range(steps - 1)]
         self.steps = steps
 
+    def _chunks(self) -> list[tuple[int, int]]:
+        return [(lo, min(lo + self.chunk, self.n)) for lo in range(0, self.n, self.chunk)]
+
+    def step(self, student_step: StudentStep, n: int, x: torch.Tensor) -> torch.Tensor:
+        """Student step ``n`` on the whole held-out batch (chunked; for students without state between steps)."""
+        eps = self.eps[n]
+        return torch.cat([student_step(n, x[lo:hi], None if eps is None else eps[lo:hi],
+                                       _rows(self.extra, self.n, lo, hi)) for lo, hi in self._chunks()])
+
     def step_loss(self, n: int, x_next: torch.Tensor) -> float:
-        return float(((x_next - self.ys[n]) ** 2).sum()) / self.x.shape[0]
+        return float(((x_next - self.ys[n]) ** 2).sum()) / self.n
 
     @torch.no_grad()
     def losses(self, student_step: StudentStep) -> list[float]:
-        """Per-step squared L2 of the student's own trajectory (no teacher forcing) against the teacher."""
-        x, out = self.x, []
-        for n in range(self.steps):
-            x = student_step(n, x, self.eps[n], self.extra)
-            out.append(self.step_loss(n, x))
+        """Per-step squared L2 of the student's own trajectory (no teacher forcing) against the teacher.  Chunk by
+        chunk over whole trajectories, so students that keep a history between steps see one trajectory batch."""
+        out = [0.0] * self.steps
+        for lo, hi in self._chunks():
+            x, extra = self.x[lo:hi], _rows(self.extra, self.n, lo, hi)
+            for n in range(self.steps):
+                eps = self.eps[n]
+                x = student_step(n, x, None if eps is None else eps[lo:hi], extra)
+                out[n] += float(((x - self.ys[n][lo:hi]) ** 2).sum()) / self.n
         return out
 
 
@@ -83,13 +114,13 @@ def scan_r_(raw_r: torch.Tensor, student_step: StudentStep, held: HeldOut,
         best: tuple[float, float, torch.Tensor] | None = None
         for p in candidates:
             raw_r[n] = _logit(p) + spread
-            x_next = student_step(n, x, held.eps[n], held.extra)
+            x_next = held.step(student_step, n, x)
             loss = held.step_loss(n, x_next)
             if math.isfinite(loss) and (best is None or loss < best[0]):
                 best = (loss, p, x_next)
         if best is None:  # every candidate diverged: keep the seeded start
             raw_r[n] = row
-            x = student_step(n, x, held.eps[n], held.extra)
+            x = held.step(student_step, n, x)
             chosen.append(float(torch.sigmoid(row).mean()))
             continue
         raw_r[n] = _logit(best[1]) + spread
