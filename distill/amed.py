@@ -119,7 +119,8 @@ def distill_amed(model: Callable, options: DistillOptions | None = None, **overr
                 den = afs_denoised(x, s[0], flow)
             else:
                 den = guard(x, x.new_full((x.shape[0],), s[n]), **extra)
-            x_next, _ = plugin_step(plugin, guard, x, s[n], s[n + 1], den, r, cc, a, hist[0], extra)
+            x_next, _ = plugin_step(plugin, guard, x, s[n], s[n + 1], den, r, cc, a, hist[0], extra,
+                                    remaining=2 * (steps - n) if plugin == "dpmpp" else None)  # sampler default
             hist[0] = hist[0].detach()  # detached history buffers between steps (section 4.4)
             return x_next
 
