@@ -69,9 +69,10 @@ def _sample(model: Any, name: str, nfe: int, x: torch.Tensor, seeds: list[int], 
 
 
 def _ratio(vals: list[float]) -> str:
+    """worst / median (worst / best): the median alone hides failures when most seeds fail."""
     if len(vals) < 2:
         return "n/a"
-    return f"{max(vals) / statistics.median(vals):.2f}"
+    return f"{max(vals) / statistics.median(vals):.2f} ({max(vals) / min(vals):.2f})"
 
 
 def _value_checks(coeffs: Any) -> list[str]:
@@ -195,7 +196,8 @@ def _report(model_spec: str, nfes: tuple[int, ...], repeats: int, trajectories: 
         md_table(["Method"] + [f"NFE {k}" for k in nfes], rows), "",
         f"Per repeat (distillation seeds {' / '.join(map(str, range(repeats)))}):", "",
         md_table(["Method"] + [f"NFE {k}" for k in nfes], per_rep), "",
-        "Robustness: worst seed / median seed of the per-repeat distances (acceptance: at most 2):", "",
+        "Robustness: worst seed / median seed (worst / best) of the per-repeat distances (acceptance: worst / "
+        "median at most 2):", "",
         md_table(["Method"] + [f"NFE {k}" for k in nfes],
                  [[label[m]] + [_ratio(fd.get((m, k), [])) for k in nfes] for m in methods]), "",
         f"Distillation: {trajectories} trajectories, batch {batch}, CPU, float32. AdaSDE: "
