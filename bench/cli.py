@@ -58,6 +58,13 @@ def _builtin(a: argparse.Namespace) -> int:
     return 0
 
 
+def _recipes(a: argparse.Namespace) -> int:
+    from .recipes import run
+
+    run(a.model, tuple(a.nfe), a.seeds, a.trajectories, a.name, a.out_dir)
+    return 0
+
+
 def _policy(a: argparse.Namespace) -> int:
     import sys
 
@@ -145,6 +152,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", default=None, help=_OUT_DIR_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_builtin)
+
+    p = sub.add_parser("recipes", help="choose AdaSDE settings per NFE by held-out teacher loss -> "
+                       "bench/results/recipes.md")
+    p.add_argument("--model", default="testbed:gmm-error")
+    p.add_argument("--nfe", type=int, nargs="+", default=[3, 5, 7, 9])
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--trajectories", type=int, default=10_000)
+    p.add_argument("--name", default="recipes", help="report name: bench/results/<name>.md")
+    p.add_argument("--out-dir", default=None, help=_OUT_DIR_HELP)
+    p.set_defaults(func=_recipes)
 
     p = sub.add_parser("policy", help="what the defaults give: automatic coefficient choice vs the named file, "
                        "untrained and training-free solvers -> bench/results/policy.md")

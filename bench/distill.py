@@ -68,6 +68,13 @@ def _sample(model: Any, name: str, nfe: int, x: torch.Tensor, seeds: list[int], 
     return getattr(baselines, f"sample_{name}")(model, x, sig, **opt)
 
 
+def _ratio(vals: list[float]) -> str:
+    """worst / median (worst / best): the median alone hides failures when most seeds fail."""
+    if len(vals) < 2:
+        return "n/a"
+    return f"{max(vals) / statistics.median(vals):.2f} ({max(vals) / min(vals):.2f})"
+
+
 def _value_checks(coeffs: Any) -> list[str]:
     """Where the learned values leave the paper's sanity ranges (docs/ALGORITHMS.md section 3.7)."""
     out = []
@@ -119,7 +126,7 @@ def run(model_spec: str = "testbed:gmm-error", nfes: tuple[int, ...] = NFES, rep
         except ImportError as exc:
             notes.append(f"AMED-Solver rows not run: {exc}")
             amed_fn = None
-    methods = ["adasde"] + (["amed"] if amed_fn else [])
+    methods = ["adasde", "adasde_paper"] + (["amed"] if amed_fn else [])
     blocks = [list(range(10**6 + k * samples, 10**6 + (k + 1) * samples)) for k in range(repeats)]
     noise = [initial_noise(b, shape, model.sigma_max) for b in blocks]
     t_start = time.perf_counter()
@@ -131,15 +138,18 @@ def run(model_spec: str = "testbed:gmm-error", nfes: tuple[int, ...] = NFES, rep
                     rss0 = _rss_mib()
                     t0 = time.perf_counter()
                     try:
-                        if meth == "adasde":
-                            c = distill(model, batch=batch, trajectories=trajectories, seed=rep, **adasde_settings(k))
+                        if meth in ("adasde", "adasde_paper"):
+                            init = "scan" if meth == "adasde" else "random"
+                            c = distill(model, batch=batch, trajectories=trajectories, seed=rep, init=init,
+                                        **adasde_settings(k))
                         else:
                             c = amed_fn(model, nfe=k, afs=True, batch=batch, trajectories=trajectories, seed=rep)
                         dt = time.perf_counter() - t0
                         timing.append((meth, k, 1000 * dt / trajectories, max(_rss_mib(), rss0)))
                         if rep == 0:
                             learned[(meth, k)] = c
-                        x = _sample(model, meth, k, noise[rep], blocks[rep], c)
+                        x = _sample(model, "adasde" if meth == "adasde_paper" else meth, k, noise[rep], blocks[rep],
+                                    c)
                         fd.setdefault((meth, k), []).append(frechet_distance(x, target))
                     except Exception as exc:  # noqa: BLE001 - report the failure, keep the other rows
                         notes.append(f"{meth} NFE {k} repeat {rep} failed: {type(exc).__name__}: {exc}")
@@ -165,7 +175,9 @@ def run(model_spec: str = "testbed:gmm-error", nfes: tuple[int, ...] = NFES, rep
 def _report(model_spec: str, nfes: tuple[int, ...], repeats: int, trajectories: int, batch: int, samples: int,
             methods: list[str], fd: dict, learned: dict, timing: list, floor: float, ref_fd: float, elapsed: float,
             notes: list[str], out_dir: str | None, name: str) -> str:
-    label = {"adasde": "AdaSDE (distilled)", "amed": "AMED-Solver (distilled)", "dpmpp_3m": "DPM-Solver++(3M)",
+    label = {"adasde": "AdaSDE (distilled, scan start: default)",
+             "adasde_paper": "AdaSDE (distilled, random start: published)", "amed": "AMED-Solver (distilled)",
+             "dpmpp_3m": "DPM-Solver++(3M)",
              "unipc": "UniPC", "ipndm": "iPNDM", "dpm_2": "DPM-Solver-2",
              "teacher": "AdaSDE teacher (dpm2, M as trained; 4(M+1)(N-1) NFE)"}
     rows = [[label[m]] + [_fmt(fd.get((m, k), [])) for k in nfes] for m in methods + list(BASELINES) + ["teacher"]]
@@ -175,17 +187,24 @@ def _report(model_spec: str, nfes: tuple[int, ...], repeats: int, trajectories: 
     lines = [
         f"# Distillation benchmark ({model_spec})", "",
         f"{today()} — {machine()}. Total wall time {elapsed / 60:.1f} min. Produced by `adasde bench distill "
-        f"--name {name} --trajectories {trajectories} --samples {samples} --nfe {' '.join(map(str, nfes))}`.", "",
+        f"--name {name} --repeats {repeats} --trajectories {trajectories} --samples {samples} "
+        f"--nfe {' '.join(map(str, nfes))}`.", "",
         f"Exact Fréchet distance (lower is better) of {samples} samples to the target mixture's true moments; mean ± "
         f"std over {repeats} repeats (each repeat: its own distillation seed and its own block of sampling seeds). "
         f"Finite-sample floor (exact samples vs true moments) {floor:.3f}; 200-step Heun reference solve with this "
         f"(erroneous) denoiser {ref_fd:.3f}, i.e. the best any solver of this denoiser's ODE can do.", "",
         md_table(["Method"] + [f"NFE {k}" for k in nfes], rows), "",
-        "Per repeat (distillation seeds 0 / 1 / 2):", "",
+        f"Per repeat (distillation seeds {' / '.join(map(str, range(repeats)))}):", "",
         md_table(["Method"] + [f"NFE {k}" for k in nfes], per_rep), "",
+        "Robustness: worst seed / median seed (worst / best) of the per-repeat distances (acceptance: worst / "
+        "median at most 2):", "",
+        md_table(["Method"] + [f"NFE {k}" for k in nfes],
+                 [[label[m]] + [_ratio(fd.get((m, k), [])) for k in nfes] for m in methods]), "",
         f"Distillation: {trajectories} trajectories, batch {batch}, CPU, float32. AdaSDE: "
         "paper settings per NFE (bench/distill.py `adasde_settings`), L2 loss at every step (no feature network "
-        "on this testbed). AMED-Solver: AMED settings (Heun teacher M = 1, lr 5e-3 constant, teacher forcing, "
+        "on this testbed); the two AdaSDE rows differ only in the start of the r table: the published method draws "
+        "raw r ~ N(0, 1), ours scans r per step on a held-out batch (distill/robust.py). "
+        "AMED-Solver: AMED settings (Heun teacher M = 1, lr 5e-3 constant, teacher forcing, "
         "s_c 0.01, s_a 0) "
         "with the same batch as AdaSDE (the AMED paper uses 128 for CIFAR-10, 32 for SD and LSUN); the GMM "
         "denoiser has no U-Net bottleneck, so the predictor sees zero features and learns per-step constants.", "",

@@ -4,8 +4,9 @@ The files are EDM-persistence pickles of ``dict(model=adasde_predictor, loss_fn=
 section 3.6) that embed class source code which the original loader executes.  :class:`SafeUnpickler`
 resolves only a whitelist of globals (torch tensor/storage rebuild functions, dtypes and devices, numpy arrays and
 scalars, ``collections.OrderedDict``, builtin containers) and turns every ``torch_utils.*``, ``training.*``,
-``solvers.*`` and ``dnnlib.*`` object into an inert :class:`Stub` that records its state; anything else is refused
-before it can run.  The raw tables are mapped to effective values with the section 3.1 mappings.
+``solvers.*`` and ``dnnlib.*`` object, and the parameter-free ``torch.nn`` activation modules and containers that the
+predictors hold, into an inert :class:`Stub` that records its state; anything else is refused before it can run.
+The raw tables are mapped to effective values with the section 3.1 mappings.
 """
 
 from __future__ import annotations
@@ -37,6 +38,16 @@ MAX_OBJECT_BYTES = 256 << 20  # a predictor pickle holds a few small tables; any
 _SIZED = {"bytearray", "bytes", "list", "tuple", "set", "frozenset", "dict"}  # constructors that can allocate
 _DTYPE_NAMES = {"float16", "float32", "float64", "bfloat16", "half", "float", "double", "int8", "int16", "int32",
                 "int64", "uint8", "bool", "long", "int", "short"}
+# ``torch.nn`` modules the released predictors hold in ``_modules`` (parameter-free activations) and the containers
+# that would group them; each becomes an inert :class:`Stub` (``NEWOBJ`` + ``BUILD`` record the state, no torch code
+# runs).  Modules with weights of their own (``Linear``, convolutions, ...) stay refused.
+_NN_INERT = {
+    "torch.nn.modules.activation": {"Sigmoid", "Softmax", "LogSoftmax", "Softmin", "Softplus", "Tanh", "ReLU",
+                                    "LeakyReLU", "SiLU", "GELU", "ELU", "Mish", "Hardtanh", "Hardsigmoid",
+                                    "Hardswish"},
+    "torch.nn.modules.container": {"Sequential", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict"},
+    "torch.nn.modules.linear": {"Identity"},
+}
 
 
 class Stub:
@@ -236,6 +247,8 @@ class _RestrictedData(pickle.Unpickler):
             obj = _allowed_numpy(module, name)
         if obj is not None:
             return obj
+        if self.stub_prefixes and name in _NN_INERT.get(module, ()):
+            return _stub_class(module, name)
         if module.split(".")[0] in self.stub_prefixes:
             if module == "torch_utils.persistence" and name == "_reconstruct_persistent_obj":
                 return PersistentObject

@@ -1,10 +1,12 @@
 """Distillation engine: AdaSDE (docs/ALGORITHMS.md section 3.5) and AMED (section 4.4) coefficients from a teacher.
 
-Public API: :func:`distill`, :func:`distill_amed`, :class:`DistillError`, :class:`NonFiniteError`.
+Public API: :func:`distill`, :func:`distill_amed`, :class:`DistillOptions`, :class:`DistillError`,
+:class:`NonFiniteError`.
 """
 
 _LAZY: dict[str, tuple[str, str]] = {  # public name -> (submodule, attribute)
     "DistillError": (".engine", "DistillError"),
+    "DistillOptions": (".options", "DistillOptions"),
     "NonFiniteError": (".engine", "NonFiniteError"),
     "TEACHERS": (".teacher", "TEACHERS"),
     "distill": (".adasde", "distill"),
@@ -17,6 +19,7 @@ _LAZY: dict[str, tuple[str, str]] = {  # public name -> (submodule, attribute)
 
 __all__ = [
     "DistillError",
+    "DistillOptions",
     "NonFiniteError",
     "TEACHERS",
     "distill",

@@ -14,11 +14,14 @@ from typing import Any
 import torch
 
 from ..coefficients import Coefficients, ModelIdentity
+from ..errors import UsageError
 from ..samplers.adasde import adasde_step
 from ..samplers.common import is_flow_model
 from ..samplers.schedules import SCHEDULES, get_sigmas, teacher_sigmas
 from .engine import LoopConfig, ModelGuard, run
+from .options import ADASDE_DEFAULTS, AMED_ONLY, DistillOptions, merge, reject
 from .params import check_scales, init_raw, map_tables
+from .robust import INIT_MODES, HeldOut, scan_r_
 from .teacher import TEACHERS, teacher_nfe
 
 LOSSES = ("l2", "feature", "l2+feature")
@@ -128,47 +131,10 @@ def check_run(num_steps: int, K: int, M: int, teacher: str, batch: int, trajecto
         raise ValueError(f"distill: lr={lr!r} must be a positive number (paper: 0.2 with cosine)")
 
 
-def distill(
-    model: Callable,
-    *,
-    shape: tuple[int, ...] | None = None,
-    sigma_min: float | None = None,
-    sigma_max: float | None = None,
-    num_steps: int | None = None,
-    nfe: int | None = None,
-    afs: bool = True,
-    schedule: str | None = None,
-    rho: float | None = None,
-    model_sigmas: torch.Tensor | None = None,
-    teacher: str = "dpm2",
-    M: int = 3,  # noqa: N803
-    K: int = 1,  # noqa: N803
-    scale_dir: float = 0.05,
-    scale_time: float = 0.2,
-    gamma_max: float = 0.01,
-    loss: str = "l2",
-    feature_net: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    decoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    alpha: float = 20.0,
-    lr: float = 0.2,
-    cosine: bool = True,
-    batch: int = 32,
-    trajectories: int = 10_000,
-    seed: int = 0,
-    condition_fn: Callable[[int, torch.Generator], dict] | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-    progress: Callable[[dict[str, Any]], Any] | None = None,
-    checkpoint: str | os.PathLike | None = None,
-    checkpoint_every: int = 10,
-    resume: bool = False,
-    bptt: bool = True,
-    grad_checkpoint: bool = False,
-    flow: bool | None = None,
-    max_loss_factor: float = 1e4,
-    name: str | None = None,
-) -> Coefficients:
+def distill(model: Callable, options: DistillOptions | None = None, **overrides: Any) -> Coefficients:
     """Distil AdaSDE coefficients for ``model`` (docs/ALGORITHMS.md section 3.5); returns a ``Coefficients`` record.
+
+    Settings: ``options`` (a :class:`DistillOptions`) and/or its field names as keywords (keywords win).
 
     ``model(x, sigma_vec, **extra) -> x0`` (differentiable in x).  shape / sigma range / ``model_sigmas`` default to
     the model's when it is a ``loaders.Denoiser``.  Give ``num_steps`` (grid points N) or ``nfe`` ((1+K)(N-1) - AFS).
@@ -186,8 +152,20 @@ def distill(
     ``.safetensors`` path written every ``checkpoint_every`` iterations; ``resume=True`` continues from it exactly.
     ``bptt=False``: detached steps with teacher forcing (AMED style).  ``grad_checkpoint``: recompute model calls in
     backward (torch.utils.checkpoint) to fit large models.  Under ``torchrun`` the batch is split across processes.
+    ``init="scan"`` (default) starts each row of r at the value with the lowest held-out step loss
+    (:mod:`.robust`), ``"random"`` at the paper's random draw; the held-out teacher loss of the result is stored in
+    ``training["heldout_loss"]``.
     """
-    c = resolve_common(model, shape, sigma_min, sigma_max, schedule, rho, model_sigmas, device, dtype)
+    o = merge("distill", options, overrides)
+    reject("distill", o, AMED_ONLY, "distill_amed (AMED)")
+    o = o.with_defaults(ADASDE_DEFAULTS)
+    shape, sigma_min, sigma_max, num_steps, nfe, afs = o.shape, o.sigma_min, o.sigma_max, o.num_steps, o.nfe, o.afs
+    schedule, rho, model_sigmas, teacher, M, K = o.schedule, o.rho, o.model_sigmas, o.teacher, o.M, o.K  # noqa: N806
+    scale_dir, scale_time, gamma_max, loss, alpha = o.scale_dir, o.scale_time, o.gamma_max, o.loss, o.alpha
+    lr, cosine, batch, trajectories, seed, bptt = o.lr, o.cosine, o.batch, o.trajectories, o.seed, o.bptt
+    init = o.init
+    checkpoint, resume, flow = o.checkpoint, o.resume, o.flow
+    c = resolve_common(model, shape, sigma_min, sigma_max, schedule, rho, model_sigmas, o.device, o.dtype)
     if num_steps is None:
         if nfe is None:
             raise ValueError("distill: pass num_steps= (student grid points N) or nfe=")
@@ -196,14 +174,16 @@ def distill(
         raise ValueError(f"distill: nfe={nfe} does not match num_steps={num_steps} with K={K}, afs={afs}")
     check_run(num_steps, K, M, teacher, batch, trajectories, lr)
     check_scales(scale_dir, scale_time, gamma_max)
-    validate_loss(loss, feature_net, alpha)
+    validate_loss(loss, o.feature_net, alpha)
+    if init not in INIT_MODES:
+        raise UsageError(f"distill: init={init!r}; choose one of {', '.join(INIT_MODES)}")
     flow = is_flow_model(model) if flow is None else bool(flow)
     sig, sig_list, fine = grids(c["schedule"], num_steps, M, c["sigma_min"], c["sigma_max"], c["rho"],
                                 c["model_sigmas"])
     steps = num_steps - 1
     raw = {k: v.to(c["device"]).requires_grad_(True) for k, v in init_raw(steps, K, seed).items()}
     scales = (scale_dir, scale_time, gamma_max)
-    guard = ModelGuard(model, grad_checkpoint=grad_checkpoint)
+    guard = ModelGuard(model, grad_checkpoint=o.grad_checkpoint)
 
     def student_step(n: int, x: torch.Tensor, eps: torch.Tensor | None, extra: dict) -> torch.Tensor:
         row = {k: v.to(x.dtype) for k, v in map_tables(raw, *scales, rows=n).items()}
@@ -220,23 +200,29 @@ def distill(
     settings = {"kind": "adasde", "shape": list(c["shape"]), "sigmas": sig_list, "M": M, "K": K, "teacher": teacher,
                 "afs": afs, "scale_dir": scale_dir, "scale_time": scale_time, "gamma_max": gamma_max, "loss": loss,
                 "alpha": alpha, "lr": lr, "cosine": cosine, "batch": batch, "trajectories": trajectories,
-                "seed": seed, "bptt": bptt, "flow": flow}
+                "seed": seed, "bptt": bptt, "flow": flow, "init": init}
     cfg = LoopConfig(shape=c["shape"], sigmas=sig_list, fine=fine, M=M, teacher=teacher, seed=seed, batch=batch,
                      trajectories=trajectories, lr=lr, cosine=cosine, bptt=bptt, flow=flow, device=c["device"],
-                     dtype=c["dtype"], loss=loss, alpha=alpha, feature_net=feature_net,
-                     decoder=decoder or getattr(model, "decode", None) or (lambda x: x), condition_fn=condition_fn,
-                     checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
-                     max_loss_factor=max_loss_factor, settings=settings)
-    result = run(model, raw, student_step, cfg, snapshot, progress=progress, guard=guard)
+                     dtype=c["dtype"], loss=loss, alpha=alpha, feature_net=o.feature_net,
+                     decoder=o.decoder or getattr(model, "decode", None) or (lambda x: x),
+                     condition_fn=o.condition_fn, checkpoint=checkpoint, checkpoint_every=o.checkpoint_every,
+                     resume=resume, max_loss_factor=o.max_loss_factor, settings=settings)
+    held = HeldOut(guard, cfg)
+    init_r = None
+    if init == "scan" and not (resume and checkpoint is not None and os.path.exists(checkpoint)):
+        init_r = scan_r_(raw["r"], student_step, held)
+    result = run(model, raw, student_step, cfg, snapshot, progress=o.progress, guard=guard)
+    heldout = held.losses(student_step)
     with torch.no_grad():
         eff = {k: v.detach().cpu().float() for k, v in map_tables(raw, *scales).items()}
     training = dict(settings, iterations=result.iterations, resumed_from=result.resumed_from,
                     nonfinite_grads=result.nonfinite_grads, seconds=round(result.seconds, 3),
                     teacher_nfe=teacher_nfe(teacher, num_steps, M), losses=final_losses(result.history),
+                    heldout_losses=heldout, heldout_loss=sum(heldout), init_r=init_r,
                     torch=torch.__version__, host=platform.node() or None, eta_min=min(0.01, lr),
                     loss_normalisation="l2: sum over dims / batch; feature: alpha*C*H*W*mean over batch, features")
     training.pop("sigmas")
     return Coefficients(r=eff["r"], a=eff["a"], c=eff["c"], gamma=eff["gamma"], w=eff["w"], sigmas=sig,
                         schedule=c["schedule"], rho=c["rho"], afs=afs,
-                        model=identity_of(c["identity"], c["sigma_min"], c["sigma_max"], name),
+                        model=identity_of(c["identity"], c["sigma_min"], c["sigma_max"], o.name),
                         kind="adasde", training=training)

@@ -25,11 +25,14 @@ from typing import Any
 import torch
 
 from ..coefficients import Coefficients
+from ..errors import UsageError
 from ..samplers.amed import PLUGIN_BASES, AMEDPredictor, PluginHistory, amed_step, plugin_step
 from ..samplers.common import afs_denoised, is_flow_model
 from .adasde import check_run, final_losses, grids, identity_of, resolve_common, steps_for_nfe
 from .engine import LoopConfig, ModelGuard, run
+from .options import ADASDE_ONLY, AMED_DEFAULTS, DistillOptions, merge, reject
 from .params import check_scales
+from .robust import INIT_MODES, HeldOut, scan_total_
 from .teacher import teacher_nfe
 
 PLUGINS = PLUGIN_BASES  # euler, dpm_2, ipndm, dpmpp
@@ -43,42 +46,7 @@ def _amed_scale(raw: torch.Tensor, s: float) -> torch.Tensor:
     return 1 - s + 2 * s * torch.sigmoid(raw)
 
 
-def distill_amed(
-    model: Callable,
-    *,
-    shape: tuple[int, ...] | None = None,
-    sigma_min: float | None = None,
-    sigma_max: float | None = None,
-    num_steps: int | None = None,
-    nfe: int | None = None,
-    afs: bool = True,
-    schedule: str | None = None,
-    rho: float | None = None,
-    model_sigmas: torch.Tensor | None = None,
-    plugin: str | None = None,
-    teacher: str | None = None,
-    M: int | None = None,  # noqa: N803
-    scale_dir: float = 0.01,
-    scale_time: float = 0.0,
-    lr: float = 5e-3,
-    cosine: bool = False,
-    batch: int = 128,
-    trajectories: int = 10_000,
-    seed: int = 0,
-    condition_fn: Callable[[int, torch.Generator], dict] | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-    progress: Callable[[dict[str, Any]], Any] | None = None,
-    checkpoint: str | os.PathLike | None = None,
-    checkpoint_every: int = 10,
-    resume: bool = False,
-    bptt: bool = False,
-    grad_checkpoint: bool = False,
-    predictor: torch.nn.Module | None = None,
-    flow: bool | None = None,
-    max_loss_factor: float = 1e4,
-    name: str | None = None,
-) -> Coefficients:
+def distill_amed(model: Callable, options: DistillOptions | None = None, **overrides: Any) -> Coefficients:
     """Distil AMED-Solver (``plugin=None``) or AMED-Plugin on ``plugin`` (docs/ALGORITHMS.md section 4.4).
 
     Same front end as :func:`distill` (shape / sigmas / schedule from a Denoiser, ``nfe`` or ``num_steps``,
@@ -87,8 +55,16 @@ def distill_amed(
     teacher forcing (``bptt=False``).  ``predictor``: an AMED predictor module to train (default: a fresh
     ``samplers.amed.AMEDPredictor`` seeded by ``seed``).  Returns Coefficients of kind ``"amed"`` (predictor weights
     plus the predictor's zero-feature outputs as constant tables) or ``"amed_plugin"`` (tables, ``base``).
+    Settings: ``options`` (a :class:`DistillOptions`) and/or its field names as keywords (keywords win).
     """
-    c = resolve_common(model, shape, sigma_min, sigma_max, schedule, rho, model_sigmas, device, dtype)
+    o = merge("distill_amed", options, overrides)
+    reject("distill_amed", o, ADASDE_ONLY, "distill (AdaSDE)")
+    o = o.with_defaults(AMED_DEFAULTS)
+    shape, sigma_min, sigma_max, num_steps, nfe, afs = o.shape, o.sigma_min, o.sigma_max, o.num_steps, o.nfe, o.afs
+    schedule, rho, model_sigmas, plugin, teacher, M = o.schedule, o.rho, o.model_sigmas, o.plugin, o.teacher, o.M  # noqa: N806
+    scale_dir, scale_time, lr, cosine, batch = o.scale_dir, o.scale_time, o.lr, o.cosine, o.batch
+    trajectories, seed, bptt, predictor = o.trajectories, o.seed, o.bptt, o.predictor
+    c = resolve_common(model, shape, sigma_min, sigma_max, schedule, rho, model_sigmas, o.device, o.dtype)
     if plugin is not None and plugin not in PLUGINS:
         raise ValueError(f"distill_amed: plugin={plugin!r}; AMED-Plugin bases are {', '.join(PLUGINS)}; "
                          f"None trains AMED-Solver")
@@ -101,10 +77,10 @@ def distill_amed(
     M = default_m if M is None else M  # noqa: N806
     check_run(num_steps, 1, M, teacher, batch, trajectories, lr)
     check_scales(scale_dir, scale_time, 0.0)
-    flow = is_flow_model(model) if flow is None else bool(flow)
+    flow = is_flow_model(model) if o.flow is None else bool(o.flow)
     sig, s, fine = grids(c["schedule"], num_steps, M, c["sigma_min"], c["sigma_max"], c["rho"], c["model_sigmas"])
     steps = num_steps - 1
-    guard = ModelGuard(model, grad_checkpoint=grad_checkpoint)
+    guard = ModelGuard(model, grad_checkpoint=o.grad_checkpoint)
     dev = c["device"]
 
     features = getattr(model, "bottleneck", None)
@@ -143,7 +119,8 @@ def distill_amed(
                 den = afs_denoised(x, s[0], flow)
             else:
                 den = guard(x, x.new_full((x.shape[0],), s[n]), **extra)
-            x_next, _ = plugin_step(plugin, guard, x, s[n], s[n + 1], den, r, cc, a, hist[0], extra)
+            x_next, _ = plugin_step(plugin, guard, x, s[n], s[n + 1], den, r, cc, a, hist[0], extra,
+                                    remaining=2 * (steps - n) if plugin == "dpmpp" else None)  # sampler default
             hist[0] = hist[0].detach()  # detached history buffers between steps (section 4.4)
             return x_next
 
@@ -162,23 +139,33 @@ def distill_amed(
     settings = {"kind": kind, "base": plugin, "shape": list(c["shape"]), "sigmas": s, "M": M, "teacher": teacher,
                 "afs": afs, "scale_dir": scale_dir, "scale_time": scale_time, "lr": lr, "cosine": cosine,
                 "batch": batch, "trajectories": trajectories, "seed": seed, "bptt": bptt or multistep, "flow": flow,
-                "loss": "l2"}
+                "loss": "l2", "init": o.init}
     cfg = LoopConfig(shape=c["shape"], sigmas=s, fine=fine, M=M, teacher=teacher, seed=seed, batch=batch,
                      trajectories=trajectories, lr=lr, cosine=cosine, bptt=bptt, flow=flow, device=dev,
-                     dtype=c["dtype"], condition_fn=condition_fn, checkpoint=checkpoint,
-                     checkpoint_every=checkpoint_every, resume=resume, max_loss_factor=max_loss_factor,
+                     dtype=c["dtype"], condition_fn=o.condition_fn, checkpoint=o.checkpoint,
+                     checkpoint_every=o.checkpoint_every, resume=o.resume, max_loss_factor=o.max_loss_factor,
                      settings=settings, teacher_forcing=not (bptt or multistep))
-    result = run(model, params, student_step, cfg, snapshot, progress=progress, guard=guard)
+    if o.init not in INIT_MODES:
+        raise UsageError(f"distill_amed: init={o.init!r}; choose one of {', '.join(INIT_MODES)}")
+    held = HeldOut(guard, cfg)
+    init_r = None
+    if o.init == "scan" and not (o.resume and o.checkpoint is not None and os.path.exists(o.checkpoint)):
+        if plugin is None:  # the r head's bias shifts r at every step
+            init_r = [scan_total_(pred.head_r.bias, (0,), student_step, held)]
+        else:
+            init_r = [scan_total_(raw["r"], (n, 0), student_step, held) for n in range(steps)]
+    result = run(model, params, student_step, cfg, snapshot, progress=o.progress, guard=guard)
+    heldout = held.losses(student_step)
     tab = constants()
     ones = torch.ones(steps, 1)
     training = dict(settings, iterations=result.iterations, resumed_from=result.resumed_from,
                     nonfinite_grads=result.nonfinite_grads, seconds=round(result.seconds, 3),
                     teacher_nfe=teacher_nfe(teacher, num_steps, M), losses=final_losses(result.history),
-                    torch=torch.__version__)
+                    heldout_losses=heldout, heldout_loss=sum(heldout), init_r=init_r, torch=torch.__version__)
     training.pop("sigmas")
     out = Coefficients(r=tab["r"], a=tab["a"], c=tab["c"], gamma=torch.zeros(steps, 1), w=ones, sigmas=sig,
                        schedule=c["schedule"], rho=c["rho"], afs=afs,
-                       model=identity_of(c["identity"], c["sigma_min"], c["sigma_max"], name), kind=kind,
+                       model=identity_of(c["identity"], c["sigma_min"], c["sigma_max"], o.name), kind=kind,
                        base=plugin, training=training)
     if plugin is None:
         out.predictor = {k: v.detach().cpu().float().contiguous() for k, v in pred.state_dict().items()}

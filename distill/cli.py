@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -44,14 +45,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--K", type=int, default=1, help="parallel points per step (AdaSDE)")
     p.add_argument("--scale-dir", type=float, default=None, help="s_c (AdaSDE 0.05, AMED 0.01)")
     p.add_argument("--scale-time", type=float, default=None, help="s_a (AdaSDE 0.2, AMED 0)")
-    p.add_argument("--gamma-max", type=float, default=0.01, help="AdaSDE churn bound (0 = no churn)")
+    p.add_argument("--gamma-max", type=float, default=None, help="AdaSDE churn bound (0 = no churn; recipe)")
     p.add_argument("--loss", choices=("l2", "feature", "l2+feature"), default="l2")
     p.add_argument("--feature-net", default="fmnist", help="differentiable feature net for --loss feature: fmnist")
     p.add_argument("--alpha", type=float, default=20.0, help="final-step feature-loss weight (x C*H*W, as the paper)")
     p.add_argument("--lr", type=float, default=None, help="Adam lr (AdaSDE 0.2 cosine, AMED 5e-3 constant)")
     p.add_argument("--cosine", action=argparse.BooleanOptionalAction, default=None, help="cosine annealing to 0.01")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--trajectories", type=int, default=10_000)
+    p.add_argument("--batch", type=int, default=None, help="trajectories per iteration (AdaSDE: recipe; AMED 128)")
+    p.add_argument("--trajectories", type=int, default=None, help="teacher trajectories in all (10,000)")
+    p.add_argument("--recipe", action=argparse.BooleanOptionalAction, default=True,
+                   help="AdaSDE: take M, scale_dir, gamma_max, lr, batch and trajectories not given on the command "
+                   "line from the per-NFE recipe (distill/recipes.py); --no-recipe: the paper's single settings")
+    p.add_argument("--init", choices=("scan", "random"), default="scan",
+                   help="start of the r table: scan on a held-out batch (robust) or the papers' random draw")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bptt", action=argparse.BooleanOptionalAction, default=None,
                    help="back-propagate through the student trajectory (AdaSDE default) or teacher-force (AMED)")
@@ -126,32 +132,43 @@ def _distill(args: argparse.Namespace, out: Path, ck: Path, size: int, rank: int
     from ..runtime import barrier
     from .adasde import distill
     from .features import feature_net_by_name
+    from .options import DistillOptions
+    from .recipes import nfe_of, recipe
 
     model = load_model(args.model, device=args.device)
     if isinstance(model, torch.nn.Module):
         model.requires_grad_(False)  # gradients flow to x and the coefficients only
-    bar = TqdmProgress(args.trajectories, args.batch, disable=args.no_progress or rank != 0)
-    common: dict[str, Any] = dict(
-        num_steps=None if args.steps is None else args.steps + 1, nfe=args.nfe, afs=args.afs,
-        schedule=args.schedule, rho=args.rho, batch=args.batch,
-        trajectories=args.trajectories, seed=args.seed, device=args.device, progress=bar, checkpoint=str(ck),
-        checkpoint_every=args.checkpoint_every, resume=args.resume, grad_checkpoint=args.grad_checkpoint,
-        name=args.model,
-    )
-    opt = {k: v for k, v in (("teacher", args.teacher), ("M", args.M), ("scale_dir", args.scale_dir),
-                             ("scale_time", args.scale_time), ("lr", args.lr), ("cosine", args.cosine),
-                             ("bptt", args.bptt)) if v is not None}
+    given = {k: v for k, v in (("teacher", args.teacher), ("M", args.M), ("scale_dir", args.scale_dir),
+                               ("scale_time", args.scale_time), ("lr", args.lr), ("cosine", args.cosine),
+                               ("bptt", args.bptt), ("batch", args.batch), ("trajectories", args.trajectories),
+                               ("gamma_max", args.gamma_max)) if v is not None}
+    points = None if args.steps is None else args.steps + 1  # --steps counts intervals
+    opts = DistillOptions(num_steps=points, nfe=args.nfe, afs=args.afs, schedule=args.schedule, rho=args.rho,
+                          seed=args.seed, device=args.device, checkpoint=str(ck),
+                          checkpoint_every=args.checkpoint_every, resume=args.resume,
+                          grad_checkpoint=args.grad_checkpoint, name=args.model, init=args.init)
+    if args.method == "adasde":
+        if args.recipe:
+            nfe = args.nfe if args.nfe is not None else nfe_of(points, args.afs, args.K)
+            given = {**recipe(nfe), **given}
+        feat = feature_net_by_name(args.feature_net, args.device) if args.loss != "l2" else None
+        opts = dataclasses.replace(opts, K=args.K, loss=args.loss, feature_net=feat, alpha=args.alpha, **given)
+    else:
+        if args.loss != "l2":
+            raise UsageError("AMED trains with the L2 loss only (docs/ALGORITHMS.md section 4.4); drop --loss")
+        if args.gamma_max is not None:
+            raise UsageError(f"--gamma-max {args.gamma_max} is an AdaSDE setting; AMED has no churn. "
+                             "Fix: drop --gamma-max")
+        opts = dataclasses.replace(opts, plugin=args.base if args.method == "amed_plugin" else None, **given)
+    bar = TqdmProgress(opts.trajectories, opts.batch or 128, disable=args.no_progress or rank != 0)
+    opts.progress = bar
     try:
         if args.method == "adasde":
-            feat = feature_net_by_name(args.feature_net, args.device) if args.loss != "l2" else None
-            coeffs = distill(model, K=args.K, gamma_max=args.gamma_max, loss=args.loss, feature_net=feat,
-                             alpha=args.alpha, **common, **opt)
+            coeffs = distill(model, opts)
         else:
             from .amed import distill_amed
 
-            if args.loss != "l2":
-                raise UsageError("AMED trains with the L2 loss only (docs/ALGORITHMS.md section 4.4); drop --loss")
-            coeffs = distill_amed(model, plugin=args.base if args.method == "amed_plugin" else None, **common, **opt)
+            coeffs = distill_amed(model, opts)
     finally:
         bar.close()
     if rank == 0:

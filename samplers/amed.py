@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adasde import adasde_points, resolve_tables
-from .baselines import ab_direction, dpm2_step, dpmpp_weights
+from .baselines import ab_direction, dpm2_step, dpmpp_weights, dynamic_threshold
 from .common import (
     afs_denoised,
     axpy,
@@ -35,7 +35,7 @@ from .common import (
 )
 
 PLUGIN_BASES = ("euler", "dpm_2", "ipndm", "dpmpp")
-DEFAULT_MAX_ORDER = {"ipndm": 4, "dpmpp": 2}
+DEFAULT_MAX_ORDER = {"ipndm": 4, "dpmpp": 3}  # the AMED reference's defaults
 Features = Callable[[], torch.Tensor | None]
 
 
@@ -268,12 +268,15 @@ def plugin_step(
     predict_x0: bool = True,
     remaining: int | None = None,
     taylor_d2: bool = False,
+    thresholding: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One AMED-Plugin step t_n -> s -> t_{n+1} on ``base`` (docs/ALGORITHMS.md section 4.3); differentiable in r, c, a.
 
     ``denoised`` = D(x; t_n); ``r, c, a`` numbers or per-sample ``[B]``; ``history`` is updated in place (multistep
     bases); ``remaining``: sub-steps left on the combined grid including this step's first one (for
-    ``lower_order_final``; None = no cap).  Returns ``(x_{n+1}, D(x_s; a s))``.
+    ``lower_order_final``; None = no cap); ``thresholding``: dynamic thresholding of the data predictions kept by the
+    dpmpp base in data-prediction mode (``baselines.dynamic_threshold``, as the AMED reference; for pixel models with
+    data in [-1, 1]).  Returns ``(x_{n+1}, D(x_s; a s))``.
     """
     if base not in PLUGIN_BASES:
         raise ValueError(f"AMED-Plugin: unknown base solver {base!r}; choose one of {', '.join(PLUGIN_BASES)}")
@@ -303,14 +306,15 @@ def plugin_step(
         del hist.d[: max(0, len(hist.d) - (order_cap - 1))]
         return x_next, den_s
     # dpmpp: two ordinary multistep updates on the combined grid; the second one's model terms scaled by c
-    m = denoised if predict_x0 else (x - denoised) / sigma
+    fix = dynamic_threshold if (thresholding and predict_x0) else (lambda t: t)
+    m = fix(denoised) if predict_x0 else (x - denoised) / sigma
     o = order(len(hist.m), 0)
     k, w = dpmpp_weights(hist.s, sigma, sm, o, predict_x0, taylor_d2)
     x_s = lincomb([(k, x), (w[0], m)] + [(w[j], hist.m[-j]) for j in range(1, o)])
     hist.m.append(m)
     hist.s.append(sigma)
     den_s = model(x_s, model_sigma(a * sm, x), **extra_args)
-    m_s = den_s if predict_x0 else (x_s - den_s) / bcast(sm, x)
+    m_s = fix(den_s) if predict_x0 else (x_s - den_s) / bcast(sm, x)
     o = order(len(hist.m), 1)
     k, w = dpmpp_weights(hist.s, sm, sigma_next, o, predict_x0, taylor_d2)
     x_next = lincomb([(k, x_s), (c * w[0], m_s)] + [(c * w[j], hist.m[-j]) for j in range(1, o)])
@@ -387,15 +391,18 @@ def sample_amed_plugin(
     afs: bool | None = None,
     max_order: int | None = None,
     predict_x0: bool = True,
-    lower_order_final: bool = False,
+    lower_order_final: bool | None = None,
     taylor_d2: bool = False,
+    thresholding: bool = False,
     flow: bool | None = None,
 ) -> torch.Tensor:
     """AMED-Plugin (docs/ALGORITHMS.md section 4.3) on ``base`` = euler|dpm_2|ipndm|dpmpp (default: ``coeffs.base``,
     else ipndm).  One inserted point per interval, r/c/a from the predictor or per-step constant tables (untrained:
     r = 0.5, c = a = 1, i.e. the base solver on the grid with geometric midpoints inserted).  ``max_order``: iPNDM
-    (default 4) or DPM-Solver++ (default 2) order on the combined grid; ``predict_x0``/``lower_order_final``/
-    ``taylor_d2`` as for :func:`baselines.sample_dpmpp_2m`.  NFE = 2 (N - 1) - [AFS] (+1 with a trailing 0).
+    (default 4) or DPM-Solver++ (default 3) order on the combined grid; ``lower_order_final`` lowers the order on the
+    last sub-steps (default: on for dpmpp, off for ipndm, as the AMED reference); ``predict_x0``/``taylor_d2``/
+    ``thresholding`` as for :func:`baselines.sample_dpmpp_2m` (:func:`plugin_step`).
+    NFE = 2 (N - 1) - [AFS] (+1 with a trailing 0).
     """
     stored = getattr(coeffs, "base", None) if coeffs is not None else None
     if base is not None and stored is not None and base != stored:
@@ -411,6 +418,8 @@ def sample_amed_plugin(
     predictor, rows, use_afs = _setup(x, s, coeffs, predictor, afs)
     hist = PluginHistory()
     steps = len(s) - 1
+    if lower_order_final is None:
+        lower_order_final = base == "dpmpp"
 
     def step(i: int, x: torch.Tensor, den: torch.Tensor) -> tuple[torch.Tensor, None]:
         called = not (use_afs and i == 0)
@@ -418,7 +427,7 @@ def sample_amed_plugin(
                                        rows["a"][i])
         remaining = 2 * (steps - i) if lower_order_final else None
         x_next, _ = plugin_step(base, model, x, s[i], s[i + 1], den, r, c, a, hist, extra_args, max_order,
-                                predict_x0, remaining, taylor_d2)
+                                predict_x0, remaining, taylor_d2, thresholding)
         return x_next, None
 
     return run_steps(model, x, s, step, extra_args, callback, disable, use_afs, flow, zero)

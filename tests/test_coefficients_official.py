@@ -260,3 +260,137 @@ def test_numpy_and_device_allowed_but_object_arrays_still_checked(tmp_path):
     with pytest.raises(CoefficientFileError, match="pickle tries to call"):
         import_official(p)
     assert not marker.exists()
+
+
+# Globals referenced by every released network-snapshot-000010.pkl (read with pickletools from all 8 files).
+RELEASE_GLOBALS = {
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"), ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_tensor_v2"), ("torch.storage", "_load_from_bytes"), ("collections", "OrderedDict"),
+    ("torch.nn.modules.activation", "Sigmoid"), ("torch.nn.modules.activation", "Softmax"),
+    ("solvers", "adasde_sampler"), ("solvers", "dpm_sampler"),
+}
+
+
+def pickle_globals(data: bytes) -> set[tuple[str, str]]:
+    """(module, name) of every STACK_GLOBAL / GLOBAL in a pickle, read with pickletools (nothing is loaded)."""
+    import pickletools
+
+    memo, stack, out = {}, [], set()
+    for op, arg, _ in pickletools.genops(data):
+        if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+            stack.append(arg)
+        elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+            stack.append(memo.get(arg))
+        elif op.name == "MEMOIZE" and stack:
+            memo[len(memo)] = stack[-1]
+        elif op.name == "MEMOIZE":
+            memo[len(memo)] = None
+        elif op.name == "STACK_GLOBAL":
+            out.add((stack[-2], stack[-1]))
+        elif op.name == "GLOBAL":
+            out.add(tuple(arg.split(" ", 1)))
+        if op.name not in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINGET", "LONG_BINGET", "GET",
+                           "MEMOIZE"):
+            stack.append(None)
+    return out
+
+
+def build_release_pickle(path, nfe=3, modules=None, evil=None):
+    """A predictor pickle with the structure of the released files: ``dict(model=..., loss_fn=...)``, both EDM
+    persistence objects (``class_name`` without module, ``version`` 6, embedded source, ``state`` = the object's
+    ``__dict__``); the predictor is an ``nn.Module`` whose ``_modules`` hold ``nn.Sigmoid`` and ``nn.Softmax(dim=-1)``
+    (or ``modules``) and whose ``_parameters`` hold the raw tables; the loss object references the solver functions
+    of the ``solvers`` module and holds the teacher grid as a tensor."""
+    names = ["torch_utils", "torch_utils.persistence", "solvers"]
+    with fake_modules(names) as mods:
+        def _reconstruct_persistent_obj(meta):
+            raise AssertionError("never called while pickling")
+
+        _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
+        _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
+        mods["torch_utils.persistence"]._reconstruct_persistent_obj = _reconstruct_persistent_obj
+        for fn in ("adasde_sampler", "dpm_sampler"):
+            f = types.FunctionType((lambda: None).__code__, {}, fn)
+            f.__module__, f.__qualname__ = "solvers", fn
+            setattr(mods["solvers"], fn, f)
+
+        def persistent(obj, class_name):
+            meta = dict(type="class", version=6, module_src=SRC, class_name=class_name, state=dict(obj.__dict__))
+            return (_reconstruct_persistent_obj, (meta,))
+
+        class adasde_predictor(torch.nn.Module):  # noqa: N801 - name of the original class
+            def __reduce__(self):
+                return persistent(self, "adasde_predictor")
+
+        class adasde_loss:  # noqa: N801 - name of the original class
+            def __reduce__(self):
+                return persistent(self, "adasde_loss")
+
+        steps = (nfe + 1) // 2
+        kw = dict(num_steps=steps + 1, sampler_stu="adasde", sampler_tea="dpm", M=3, guidance_type=None,
+                  guidance_rate=0.0, schedule_type="time_uniform", schedule_rho=1.0, afs=True,
+                  dataset_name="cifar10", scale_dir=0.05, scale_time=0.2, gamma=0.02, max_order=3, predict_x0=True,
+                  lower_order_final=True, num_points=1, fcn=False, alpha=20.0)
+        m = adasde_predictor()
+        raw = _raw()
+        for k, v in raw.items():
+            rows = [v[i % len(v)] for i in range(steps)]
+            m.register_parameter(k, torch.nn.Parameter(torch.tensor(rows, dtype=torch.float32)))
+        for name, mod in (modules or {"sigmoid": torch.nn.Sigmoid(), "softmax": torch.nn.Softmax(dim=-1)}).items():
+            m.add_module(name, mod)
+        m.eval().requires_grad_(False)
+        if evil is not None:  # a callable that plants a payload after eval() walked the modules
+            evil(m)
+        for k, v in kw.items():
+            setattr(m, k, v)
+        m.gamma_min, m._init_args, m._init_kwargs = 1e-4, (), dict(kw, img_resolution=32)
+        loss = adasde_loss()
+        loss.__dict__.update(num_steps=steps + 1, solver_stu=mods["solvers"].adasde_sampler,
+                             solver_tea=mods["solvers"].dpm_sampler, M=3, sigma_min=0.002, sigma_max=80.0,
+                             num_steps_teacher=9, tea_slice=[4, 8], t_steps=torch.linspace(80.0, 0.002, steps + 1),
+                             buffer_model=[], buffer_t=[], lpips=None, _init_args=(), _init_kwargs={})
+        with open(path, "wb") as f:
+            pickle.dump(dict(model=m, loss_fn=loss), f, protocol=4)
+    return path
+
+
+@pytest.mark.parametrize("nfe", [3, 5, 7, 9])
+def test_release_structure_converts(tmp_path, nfe):
+    path = build_release_pickle(tmp_path / "network-snapshot-000010.pkl", nfe=nfe)
+    assert pickle_globals(path.read_bytes()) == RELEASE_GLOBALS  # the same classes as the released files
+    c = import_official(path)
+    assert c.nfe == nfe and c.training["class_name"] == "adasde_predictor" and c.training["kimg"] == 10
+    if nfe == 3:  # the first released run's values
+        for k, vals in EFF.items():
+            assert torch.allclose(getattr(c, k).flatten().double(), torch.tensor(vals, dtype=torch.float64),
+                                  atol=1e-6), k
+    assert torch.equal(c.sigmas, get_sigmas("time_uniform", c.r.shape[0] + 1, 0.002, 80.0, 1.0,
+                                            dtype=torch.float64))
+    assert not os.path.exists("SHOULD_NOT_EXIST")
+
+
+def test_release_structure_modules_stay_inert(tmp_path):
+    from adasde.coefficients.official import Stub, safe_load_pickle
+
+    seq = torch.nn.Sequential(torch.nn.Tanh(), torch.nn.ModuleList([torch.nn.SiLU()]))
+    path = build_release_pickle(tmp_path / "p.pkl", modules={"sigmoid": torch.nn.Sigmoid(),
+                                                             "softmax": torch.nn.Softmax(dim=-1), "head": seq})
+    data = safe_load_pickle(path)
+    mods = data["model"].state["_modules"]
+    assert all(isinstance(v, Stub) and not isinstance(v, torch.nn.Module) for v in mods.values())
+    assert mods["softmax"].state["dim"] == -1 and isinstance(mods["head"].state["_modules"]["1"], Stub)
+    assert import_official(path).nfe == 3
+
+
+@pytest.mark.parametrize("evil_cls, called", [(_System, os.system.__module__ + ".system"), (_Exec, "builtins.exec")])
+def test_release_structure_malicious_refused(tmp_path, evil_cls, called):
+    marker = tmp_path / "pwned"
+    path = build_release_pickle(tmp_path / "evil.pkl", modules={"head": torch.nn.Sequential(torch.nn.Sigmoid())},
+                                evil=lambda m: m.head._modules.__setitem__("1", evil_cls(marker)))  # in a container
+    with pytest.raises(CoefficientFileError, match=f"pickle tries to call {called}"):
+        import_official(path)
+    assert not marker.exists()
+    path = build_release_pickle(tmp_path / "lin.pkl", modules={"sigmoid": torch.nn.Sigmoid(),
+                                                               "proj": torch.nn.Linear(2, 2)})
+    with pytest.raises(CoefficientFileError, match="torch.nn.modules.linear.Linear"):
+        import_official(path)

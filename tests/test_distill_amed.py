@@ -81,3 +81,26 @@ def test_cli_writes_a_coefficient_file(tmp_path, capsys):
     assert rc == 0
     s3 = load(tmp_path / "s3.safetensors")
     assert s3.steps == 3 and s3.sigmas.numel() == 4 and s3.nfe == 5
+
+
+def test_cli_uses_the_recipe_unless_overridden(tmp_path, capsys):
+    from adasde.distill.recipes import RECIPES, recipe
+
+    assert recipe(3) == RECIPES[3] and recipe(4) == RECIPES[5] and recipe(15) == RECIPES[max(RECIPES)]
+    base = ["distill", "--model", "testbed:gmm-error", "--nfe", "5", "--trajectories", "32", "--no-progress"]
+    main(base + ["--out", str(tmp_path / "r.safetensors")])
+    t = load(tmp_path / "r.safetensors").training
+    want = {k: v for k, v in RECIPES[5].items() if k != "trajectories"}
+    assert {k: t[k] for k in want} == want and t["trajectories"] == 32 and t["init"] == "scan"
+    main(base + ["--no-recipe", "--out", str(tmp_path / "p.safetensors")])  # the paper's single settings
+    t = load(tmp_path / "p.safetensors").training
+    assert (t["gamma_max"], t["M"], t["batch"], t["lr"], t["scale_dir"]) == (0.01, 3, 32, 0.2, 0.05)
+    assert RECIPES[5]["scale_dir"] != 0.05  # so the two runs differ
+    main(base + ["--gamma-max", "0.005", "--batch", "8", "--init", "random", "--out", str(tmp_path / "o.safetensors")])
+    t = load(tmp_path / "o.safetensors").training
+    assert (t["gamma_max"], t["batch"], t["init"]) == (0.005, 8, "random")
+    assert t["scale_dir"] == RECIPES[5]["scale_dir"]
+    capsys.readouterr()
+    assert main(["distill", "--model", "testbed:gmm-error", "--nfe", "3", "--method", "amed", "--gamma-max", "0.01",
+                 "--out", str(tmp_path / "a.safetensors")]) == 2
+    assert "--gamma-max 0.01" in capsys.readouterr().err

@@ -181,7 +181,7 @@ def test_condition_fn_and_errors(gmm):
 
     def cond(it, rng):
         labels = torch.randint(0, 10, (8,), generator=rng)
-        seen.append(labels)
+        seen.append((it, labels))
         return {"labels": labels}
 
     model = lambda x, s, labels=None: gmm(x, s)
@@ -189,7 +189,8 @@ def test_condition_fn_and_errors(gmm):
     again = []
     distill(model, shape=gmm.sample_shape, sigma_min=0.002, sigma_max=80.0,
             condition_fn=lambda it, rng: again.append(torch.randint(0, 10, (8,), generator=rng)) or {}, **TINY)
-    assert all(torch.equal(a, b) for a, b in zip(seen, again)) and len(seen) == 4
+    assert all(torch.equal(a, b) for (_, a), b in zip(seen, again)) and len(again) == 5
+    assert [it for it, _ in seen] == [-1, 0, 1, 2, 3]  # the held-out batch (iteration -1), then one per iteration
     with pytest.raises(ValueError, match="shape"):
         distill(lambda x, s: x, sigma_min=0.002, sigma_max=80.0, num_steps=3)
     with pytest.raises(ValueError, match="scale_time"):
@@ -206,7 +207,7 @@ def _ddp_worker(rank: int, world: int, init: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
         model = load_model("testbed:gmm-error", d=16, K=4, rank=2)
-        c = distill(model, seed=2, **TINY)
+        c = distill(model, seed=2, dtype=torch.float64, **TINY)
         if rank == 0:
             from safetensors.torch import save_file
 
@@ -221,7 +222,9 @@ def test_two_process_gloo_matches_single_process(gmm, tmp_path):
 
     out = str(tmp_path / "ddp.safetensors")
     mp.spawn(_ddp_worker, args=(2, f"file://{tmp_path / 'rdv'}", out), nprocs=2, join=True)
-    single = distill(gmm, seed=2, **TINY)
+    # float64: in float32 the two-rank gradient mean differs from the one-rank mean in the last bits, which Adam's
+    # normalisation amplifies for near-zero gradient entries
+    single = distill(gmm, seed=2, dtype=torch.float64, **TINY)
     got = load_file(out)["t"]
     assert torch.allclose(got, tables(single), atol=1e-5, rtol=1e-5)
     assert os.path.exists(out)

@@ -230,3 +230,33 @@ def test_plugin_step_is_differentiable(base: str) -> None:
     for p in (r, c, a):
         assert p.grad is not None and torch.isfinite(p.grad).all() and float(p.grad.abs().sum()) > 0
     assert len(hist.d if base == "ipndm" else hist.m) > 0
+
+
+def test_dpmpp_plugin_reference_defaults_and_thresholding() -> None:
+    """DPM-Solver++ plugin: max_order 3 and lower-order-final by default (the AMED reference); ``thresholding``
+    applies dynamic thresholding to every data prediction the update uses, and to nothing else."""
+    from adasde.samplers.baselines import dynamic_threshold
+
+    model = DiagGaussian()
+    x = 80.0 * torch.randn(2, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    default = sample_amed_plugin(model, x.clone(), GRID, base="dpmpp", disable=True)
+    explicit = sample_amed_plugin(model, x.clone(), GRID, base="dpmpp", max_order=3, lower_order_final=True,
+                                  disable=True)
+    old = sample_amed_plugin(model, x.clone(), GRID, base="dpmpp", max_order=2, lower_order_final=False,
+                             disable=True)
+    assert torch.equal(default, explicit) and not torch.allclose(default, old)
+
+    big = lambda x, s, **kw: 3.0 * model(x, s)  # noqa: E731 - data predictions well outside [-1, 1]
+    clipped = lambda x, s, **kw: dynamic_threshold(big(x, s))  # noqa: E731
+    grid, r = [10.0, 4.0, 1.5], torch.full((2,), 0.4, dtype=torch.float64)
+
+    def run(net, thr: bool, pre) -> torch.Tensor:
+        hist, cur = PluginHistory(), x / 8
+        for i in range(2):
+            den = pre(big(cur, torch.full((2,), grid[i], dtype=torch.float64)))
+            cur, _ = plugin_step("dpmpp", net, cur, grid[i], grid[i + 1], den, r, 1.0, 1.0, hist, thresholding=thr)
+        return cur
+
+    with_thr = run(big, True, lambda t: t)
+    torch.testing.assert_close(with_thr, run(clipped, False, dynamic_threshold), rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(with_thr, run(big, False, lambda t: t))
