@@ -150,7 +150,7 @@ def _distill(args: argparse.Namespace, out: Path, ck: Path, size: int, rank: int
     if args.method == "adasde":
         if args.recipe:
             nfe = args.nfe if args.nfe is not None else nfe_of(points, args.afs, args.K)
-            given = {**recipe(nfe), **given}
+            given = {**recipe(nfe, getattr(model, "family", None)), **given}
         feat = feature_net_by_name(args.feature_net, args.device) if args.loss != "l2" else None
         opts = dataclasses.replace(opts, K=args.K, loss=args.loss, feature_net=feat, alpha=args.alpha, **given)
     else:

@@ -1,13 +1,16 @@
 """AdaSDE distillation recipes per NFE: the settings ``adasde distill`` uses unless the user overrides them.
 
 One table, chosen by held-out teacher loss (the student's distance to a common dpm2 M = 3 teacher on trajectories no
-run trains on; never an image-feature metric) among the published per-NFE settings (docs/ALGORITHMS.md section 3.5 table)
-and one-factor changes of them (lr, batch, scale_dir, gamma_max), measured on the controlled-error Gaussian-mixture
-testbed at 4,000 trajectories, 2 seeds (``bench/results/recipes.md``, ``adasde bench recipes``).  Differences from
+run trains on; never an image-feature metric) among the published per-NFE settings (docs/ALGORITHMS.md section 3.5
+table) and one-factor changes of them (lr, batch, scale_dir, gamma_max), measured on the controlled-error
+Gaussian-mixture testbed at 4,000 trajectories, 2 seeds (``bench/results/recipes.md``, ``adasde bench recipes``).  Differences from
 the published settings: NFE 5 takes scale_dir 0.1 (held-out loss -32 %), NFE 3 gamma_max 0.01 (a tie, -0.3 %);
 NFE 7 and 9 keep the published settings, which won.  The trajectory budget is the papers' 10,000.
 All use K = 1, AFS, s_a 0.2, the dpm2 teacher, cosine annealing and the scan start (:mod:`.robust`).  An NFE between
 table rows takes the next larger row's settings; beyond the table, the largest row's.
+
+Per model (:data:`MODEL_BUDGETS`): the built-in Fashion-MNIST model trains on a CPU; its budget is the 3,000
+trajectories its shipped files were distilled with (minutes on 2 cores; ``bench/results/builtin.md``).
 """
 
 from __future__ import annotations
@@ -25,11 +28,16 @@ RECIPES: dict[int, dict[str, Any]] = {
 }
 
 
-def recipe(nfe: int) -> dict[str, Any]:
-    """The recipe for ``nfe`` (a copy): the row of the smallest tabled NFE >= ``nfe``, else the largest row."""
+#: model family -> settings that replace the NFE row's (the budget a model's distillation needs)
+MODEL_BUDGETS: dict[str, dict[str, Any]] = {"builtin-fmnist": {"trajectories": 3_000}}
+
+
+def recipe(nfe: int, family: str | None = None) -> dict[str, Any]:
+    """The recipe for ``nfe`` (a copy): the row of the smallest tabled NFE >= ``nfe``, else the largest row, with the
+    model family's budget (:data:`MODEL_BUDGETS`) applied."""
     keys = sorted(RECIPES)
     row = next((k for k in keys if k >= int(nfe)), keys[-1])
-    return dict(RECIPES[row])
+    return {**RECIPES[row], **MODEL_BUDGETS.get(str(family), {})}
 
 
 def nfe_of(num_steps: int, afs: bool, K: int = 1) -> int:  # noqa: N803
