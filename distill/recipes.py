@@ -4,8 +4,8 @@ One table, chosen by held-out teacher loss (the student's distance to a common d
 run trains on; never an image-feature metric) among the published per-NFE settings (docs/ALGORITHMS.md section 3.5
 table) and one-factor changes of them (lr, batch, scale_dir, gamma_max), measured on the controlled-error
 Gaussian-mixture testbed at 4,000 trajectories, 2 seeds (``bench/results/recipes.md``, ``adasde bench recipes``).
-Differences from the published settings: NFE 5 takes scale_dir 0.1 (held-out loss -32 %), NFE 3 gamma_max 0.01 (a tie, -0.3 %);
-NFE 7 and 9 keep the published settings, which won.  The trajectory budget is the papers' 10,000.
+Differences from the published settings: NFE 5 takes scale_dir 0.1 (held-out loss -32 %), NFE 3 gamma_max 0.01
+(a tie, -0.3 %); NFE 7 and 9 keep the published settings, which won.  The trajectory budget is the papers' 10,000.
 All use K = 1, AFS, s_a 0.2, the dpm2 teacher, cosine annealing and the scan start (:mod:`.robust`).  An NFE between
 table rows takes the next larger row's settings; beyond the table, the largest row's.
 
