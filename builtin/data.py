@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import AdasdeError
+from ..errors import AdasdeError, UsageError
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 ENV_VAR = "ADASDE_FMNIST_DIR"
@@ -39,7 +39,7 @@ def fmnist_dir() -> Path:
 
 def _path(split: str, kind: str, root: str | os.PathLike | None) -> Path:
     if split not in _SIZES:
-        raise ValueError(f"Fashion-MNIST split must be 'train' or 'test', got {split!r}")
+        raise UsageError(f"Fashion-MNIST split must be 'train' or 'test', got {split!r}")
     folder = Path(root) if root is not None else fmnist_dir()
     path = folder / _FILES[(split, kind)]
     if not path.is_file():
@@ -59,17 +59,17 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as exc:
-        raise ValueError(f"{path}: cannot read IDX data ({exc}); the file is damaged, reinstall the dataset") from exc
+        raise UsageError(f"{path}: cannot read IDX data ({exc}); the file is damaged, reinstall the dataset") from exc
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {raw[:4].hex()!r}, expected 000008NN)")
+        raise UsageError(f"{path}: not an unsigned-byte IDX file (magic {raw[:4].hex()!r}, expected 000008NN)")
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{path}: IDX header truncated")
+        raise UsageError(f"{path}: IDX header truncated")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     n = int(np.prod(shape))
     if len(raw) - header != n:
-        raise ValueError(f"{path}: IDX data has {len(raw) - header} bytes, header shape {shape} needs {n}; "
+        raise UsageError(f"{path}: IDX data has {len(raw) - header} bytes, header shape {shape} needs {n}; "
                          f"the file is truncated or damaged, reinstall the dataset")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
 
@@ -79,7 +79,7 @@ def load_fmnist_uint8(split: str = "train", root: str | os.PathLike | None = Non
     images = read_idx(_path(split, "images", root))
     labels = read_idx(_path(split, "labels", root))
     if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != (images.shape[0],):
-        raise ValueError(f"Fashion-MNIST {split}: unexpected shapes images {images.shape}, labels {labels.shape}")
+        raise UsageError(f"Fashion-MNIST {split}: unexpected shapes images {images.shape}, labels {labels.shape}")
     return images, labels
 
 

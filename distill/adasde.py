@@ -32,7 +32,7 @@ def steps_for_nfe(nfe: int, afs: bool, K: int = 1) -> int:  # noqa: N803
     steps, rem = divmod(nfe + int(afs), 1 + K)
     if rem or steps < 1:
         fix = "without --afs" if afs else "with --afs"
-        raise ValueError(f"NFE {nfe} is not reachable with K={K} and afs={afs} (NFE = (1+K)(N-1) - [AFS]); "
+        raise UsageError(f"NFE {nfe} is not reachable with K={K} and afs={afs} (NFE = (1+K)(N-1) - [AFS]); "
                          f"try NFE {nfe + rem if rem else nfe + 1} or run {fix}")
     return steps + 1
 
@@ -60,18 +60,18 @@ def resolve_common(model: Any, shape: Any, sigma_min: float | None, sigma_max: f
     facts = model_facts(model)
     shape = tuple(int(v) for v in (shape if shape is not None else facts.get("sample_shape", ()))) or None
     if shape is None:
-        raise ValueError("distill: pass shape=(C, H, W) of one sample (the model is not a loaders.Denoiser)")
+        raise UsageError("distill: pass shape=(C, H, W) of one sample (the model is not a loaders.Denoiser)")
     sigma_min = float(sigma_min if sigma_min is not None else facts.get("sigma_min", float("nan")))
     sigma_max = float(sigma_max if sigma_max is not None else facts.get("sigma_max", float("nan")))
     if not (0 < sigma_min < sigma_max < math.inf):
-        raise ValueError(f"distill: need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}; "
+        raise UsageError(f"distill: need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}; "
                          f"pass them explicitly (e.g. 0.002 and 80 for EDM models)")
     model_sigmas = model_sigmas if model_sigmas is not None else facts.get("model_sigmas")
     if schedule is None:
         schedule, rho0 = facts.get("default_schedule", ("time_uniform", 1.0))
         rho = rho0 if rho is None else rho
     if schedule not in SCHEDULES:
-        raise ValueError(f"distill: unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        raise UsageError(f"distill: unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     rho = 1.0 if rho is None else float(rho)
     if device is None:
         p = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
@@ -108,27 +108,27 @@ def final_losses(history: list[list[float]]) -> dict[str, Any]:
 
 def validate_loss(loss: str, feature_net: Any, alpha: float) -> None:
     if loss not in LOSSES:
-        raise ValueError(f"distill: loss={loss!r}; choose one of {', '.join(LOSSES)}")
+        raise UsageError(f"distill: loss={loss!r}; choose one of {', '.join(LOSSES)}")
     if loss != "l2" and feature_net is None:
-        raise ValueError(f"distill: loss={loss!r} needs feature_net= (a differentiable callable images -> features, "
+        raise UsageError(f"distill: loss={loss!r} needs feature_net= (a differentiable callable images -> features, "
                          f"e.g. the builtin Fashion-MNIST classifier); or use loss='l2'")
     if not (alpha >= 0 and math.isfinite(alpha)):
-        raise ValueError(f"distill: alpha={alpha!r} must be a finite number >= 0")
+        raise UsageError(f"distill: alpha={alpha!r} must be a finite number >= 0")
 
 
 def check_run(num_steps: int, K: int, M: int, teacher: str, batch: int, trajectories: int, lr: float) -> None:  # noqa: N803
     if int(num_steps) != num_steps or num_steps < 2:
-        raise ValueError(f"distill: num_steps={num_steps!r} (grid points N) must be an integer >= 2")
+        raise UsageError(f"distill: num_steps={num_steps!r} (grid points N) must be an integer >= 2")
     if int(K) != K or K < 1:
-        raise ValueError(f"distill: K={K!r} (points per step) must be an integer >= 1")
+        raise UsageError(f"distill: K={K!r} (points per step) must be an integer >= 1")
     if int(M) != M or M < 0:
-        raise ValueError(f"distill: M={M!r} (teacher points inserted per student interval) must be an integer >= 0")
+        raise UsageError(f"distill: M={M!r} (teacher points inserted per student interval) must be an integer >= 0")
     if teacher not in TEACHERS:
-        raise ValueError(f"distill: teacher={teacher!r}; choose one of {', '.join(TEACHERS)}")
+        raise UsageError(f"distill: teacher={teacher!r}; choose one of {', '.join(TEACHERS)}")
     if batch < 1 or trajectories < 1:
-        raise ValueError(f"distill: batch={batch} and trajectories={trajectories} must be >= 1")
+        raise UsageError(f"distill: batch={batch} and trajectories={trajectories} must be >= 1")
     if not (lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"distill: lr={lr!r} must be a positive number (paper: 0.2 with cosine)")
+        raise UsageError(f"distill: lr={lr!r} must be a positive number (paper: 0.2 with cosine)")
 
 
 def distill(model: Callable, options: DistillOptions | None = None, **overrides: Any) -> Coefficients:
@@ -168,10 +168,10 @@ def distill(model: Callable, options: DistillOptions | None = None, **overrides:
     c = resolve_common(model, shape, sigma_min, sigma_max, schedule, rho, model_sigmas, o.device, o.dtype)
     if num_steps is None:
         if nfe is None:
-            raise ValueError("distill: pass num_steps= (student grid points N) or nfe=")
+            raise UsageError("distill: pass num_steps= (student grid points N) or nfe=")
         num_steps = steps_for_nfe(int(nfe), afs, K)
     elif nfe is not None and steps_for_nfe(int(nfe), afs, K) != num_steps:
-        raise ValueError(f"distill: nfe={nfe} does not match num_steps={num_steps} with K={K}, afs={afs}")
+        raise UsageError(f"distill: nfe={nfe} does not match num_steps={num_steps} with K={K}, afs={afs}")
     check_run(num_steps, K, M, teacher, batch, trajectories, lr)
     check_scales(scale_dir, scale_time, gamma_max)
     validate_loss(loss, o.feature_net, alpha)

@@ -66,11 +66,11 @@ def distill_amed(model: Callable, options: DistillOptions | None = None, **overr
     trajectories, seed, bptt, predictor = o.trajectories, o.seed, o.bptt, o.predictor
     c = resolve_common(model, shape, sigma_min, sigma_max, schedule, rho, model_sigmas, o.device, o.dtype)
     if plugin is not None and plugin not in PLUGINS:
-        raise ValueError(f"distill_amed: plugin={plugin!r}; AMED-Plugin bases are {', '.join(PLUGINS)}; "
+        raise UsageError(f"distill_amed: plugin={plugin!r}; AMED-Plugin bases are {', '.join(PLUGINS)}; "
                          f"None trains AMED-Solver")
     if num_steps is None:
         if nfe is None:
-            raise ValueError("distill_amed: pass num_steps= (student grid points N) or nfe=")
+            raise UsageError("distill_amed: pass num_steps= (student grid points N) or nfe=")
         num_steps = steps_for_nfe(int(nfe), afs, 1)
     default_teacher, default_m = PLUGIN_TEACHER[plugin] if plugin else ("heun", 1)
     teacher = teacher or default_teacher

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint as _ckpt
 
-from ..errors import AdasdeError
+from ..errors import AdasdeError, UsageError
 from ..samplers.common import SeededNoise
 from ..samplers.presets import initial_noise
 from . import ddp
@@ -235,7 +235,7 @@ def run(
     """
     rank, size = ddp.rank_world()
     if cfg.batch % size:
-        raise ValueError(f"batch={cfg.batch} must be divisible by the number of processes ({size})")
+        raise UsageError(f"batch={cfg.batch} must be divisible by the number of processes ({size})")
     local = cfg.batch // size
     steps = len(cfg.sigmas) - 1
     iterations = math.ceil(cfg.trajectories / cfg.batch)

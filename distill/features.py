@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import torch
 
+from ..errors import UsageError
+
 FEATURE_NETS = ("fmnist",)
 
 
@@ -24,7 +26,7 @@ def feature_net_by_name(name: str, device: torch.device | str | None = None) -> 
         net = load_classifier(device=device).eval().requires_grad_(False)
         return net.features
     if name == "inception":
-        raise ValueError("feature net 'inception': the FID Inception network (torch-fidelity) takes uint8 images, is "
+        raise UsageError("feature net 'inception': the FID Inception network (torch-fidelity) takes uint8 images, is "
                          "not differentiable; pass a differentiable feature_net= callable from Python, or use "
                          "--feature-net fmnist / --loss l2")
-    raise ValueError(f"unknown feature net {name!r}; choose one of {', '.join(FEATURE_NETS)} (or --loss l2)")
+    raise UsageError(f"unknown feature net {name!r}; choose one of {', '.join(FEATURE_NETS)} (or --loss l2)")

@@ -17,6 +17,8 @@ import math
 
 import torch
 
+from ..errors import UsageError
+
 GAMMA_MIN = 2e-4
 R_EPS = 1e-6  # r is kept in [R_EPS, 1 - R_EPS]: float32 sigmoid rounds to exactly 0 or 1 for |raw| > ~17
 GAMMA_BIAS = 2 * math.log(0.6 / 0.4)  # b = 2 ln 1.5: at raw = 0, gamma = g_min + 0.6 (g_max - g_min)
@@ -26,7 +28,7 @@ TABLES = ("r", "c", "a", "gamma", "w")
 def init_raw(steps: int, K: int, seed: int) -> dict[str, torch.Tensor]:  # noqa: N803
     """Raw tables ``[steps, K]`` drawn N(0, 1) from ``seed`` (float32, CPU), in the order r, c, a, gamma, w."""
     if steps < 1 or K < 1:
-        raise ValueError(f"need at least one step and one point, got steps={steps}, K={K}")
+        raise UsageError(f"need at least one step and one point, got steps={steps}, K={K}")
     g = torch.Generator().manual_seed(int(seed))
     return {name: torch.randn(steps, K, generator=g, dtype=torch.float32) for name in TABLES}
 
@@ -74,8 +76,8 @@ def check_scales(scale_dir: float, scale_time: float, gamma_max: float) -> None:
     """Validate the range knobs of section 3.1 with a message naming the value and the fix."""
     for name, v in (("scale_dir", scale_dir), ("scale_time", scale_time)):
         if not (0 <= v < 1) or not math.isfinite(v):
-            raise ValueError(f"{name}={v!r} must be in [0, 1) (the learned scale lies in 1 +- {name}); "
+            raise UsageError(f"{name}={v!r} must be in [0, 1) (the learned scale lies in 1 +- {name}); "
                              f"the paper uses scale_dir=0.05, scale_time=0.2, 0 disables")
     if not (gamma_max == 0 or GAMMA_MIN < gamma_max <= 1) or not math.isfinite(gamma_max):
-        raise ValueError(f"gamma_max={gamma_max!r} must be 0 (no churn) or in ({GAMMA_MIN}, 1]; "
+        raise UsageError(f"gamma_max={gamma_max!r} must be 0 (no churn) or in ({GAMMA_MIN}, 1]; "
                          f"the paper uses 0.01 (0.02 at NFE 3)")

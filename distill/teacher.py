@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from ..errors import UsageError
+
 TEACHERS = ("dpm2", "heun", "dpmpp", "euler", "ipndm", "student")
 NFE_PER_INTERVAL = {"dpm2": 4, "heun": 2, "dpmpp": 1, "euler": 1, "ipndm": 1, "student": 2}
 AB = {1: (1.0,), 2: (1.5, -0.5), 3: (23 / 12, -16 / 12, 5 / 12), 4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
@@ -61,9 +63,9 @@ def teacher_trajectory(
     teacher interval (used to name the sigma in error messages).  Runs under ``torch.no_grad``.
     """
     if kind not in TEACHERS:
-        raise ValueError(f"unknown teacher {kind!r}; choose one of {', '.join(TEACHERS)}")
+        raise UsageError(f"unknown teacher {kind!r}; choose one of {', '.join(TEACHERS)}")
     if kind == "dpmpp" and flow:
-        raise ValueError("teacher='dpmpp' is written for sigma-form models; use 'dpm2' or 'heun' for flow models")
+        raise UsageError("teacher='dpmpp' is written for sigma-form models; use 'dpm2' or 'heun' for flow models")
     extra = extra_args or {}
     states: list[torch.Tensor] = []
     prev_den: torch.Tensor | None = None

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..errors import UsageError
 from .base import ModelSpecError
 
 CAPTION_COLUMNS = ("caption", "prompt", "text")
@@ -60,7 +61,7 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
 def prompts_for_seeds(prompts: Sequence[str], seeds: Sequence[int]) -> list[str]:
     """Prompt of each seed: ``prompts[seed mod len(prompts)]``."""
     if not prompts:
-        raise ValueError("prompts_for_seeds needs at least one prompt")
+        raise UsageError("prompts_for_seeds needs at least one prompt")
     return [prompts[int(s) % len(prompts)] for s in seeds]
 
 
@@ -81,7 +82,7 @@ class PromptCondition:
 
     def __init__(self, prompts: Sequence[str], cfg: float = 7.5, negative_prompt: str | None = None):
         if not prompts:
-            raise ValueError("PromptCondition needs at least one prompt")
+            raise UsageError("PromptCondition needs at least one prompt")
         self.prompts = list(prompts)
         self.cfg = float(cfg)
         self.negative_prompt = negative_prompt

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..errors import UsageError
 from .schedules import get_sigmas
 
 PAPER_SCHEDULES: dict[str, tuple[str, float]] = {
@@ -34,7 +35,7 @@ TWO_NFE_PER_STEP = {"heun", "dpm_2", "adasde", "amed", "amed_plugin"}
 def grid_for_nfe(name: str, nfe: int) -> tuple[int, bool]:
     """(number of grid points N, AFS) that make solver ``name`` use exactly ``nfe`` model calls (no trailing zero)."""
     if nfe < 1:
-        raise ValueError(f"NFE must be >= 1, got {nfe}")
+        raise UsageError(f"NFE must be >= 1, got {nfe}")
     if name in TWO_NFE_PER_STEP:
         if nfe % 2:
             return (nfe + 1) // 2 + 1, True

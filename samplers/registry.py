@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ..errors import UsageError
 from .adasde import resolve_tables, sample_adasde
 from .amed import sample_amed, sample_amed_plugin
 from .baselines import (
@@ -47,10 +48,10 @@ def nfe(name: str, sigmas_or_num_points: torch.Tensor | Sequence[float] | int, *
     (AdaSDE without coeffs).  The UniPC corrector reuses the next step's call; no corrector on the last step.
     """
     if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+        raise UsageError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     if isinstance(sigmas_or_num_points, int):
         if sigmas_or_num_points < 1:
-            raise ValueError(f"the number of grid points must be >= 1, got {sigmas_or_num_points}")
+            raise UsageError(f"the number of grid points must be >= 1, got {sigmas_or_num_points}")
         n, zero, grid = sigmas_or_num_points, False, None
     else:
         grid, zero = prepare_grid(sigmas_or_num_points)

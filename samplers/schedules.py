@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from ..errors import UsageError
+
 SCHEDULES = ("polynomial", "logsnr", "time_uniform", "discrete", "flow_shift")
 DEFAULT_RHO = {"polynomial": 7.0, "logsnr": 1.0, "time_uniform": 1.0, "discrete": 1.0, "flow_shift": 1.0}
 _EPS_S = 1e-3  # smallest VP time of the time_uniform fit (section 2, item 3)
@@ -18,11 +20,11 @@ _EPS_S = 1e-3  # smallest VP time of the time_uniform fit (section 2, item 3)
 
 def _check(kind: str, n: int, sigma_min: float, sigma_max: float) -> None:
     if kind not in SCHEDULES:
-        raise ValueError(f"unknown schedule {kind!r}; choose one of {', '.join(SCHEDULES)}")
+        raise UsageError(f"unknown schedule {kind!r}; choose one of {', '.join(SCHEDULES)}")
     if int(n) != n or n < 2:
-        raise ValueError(f"a schedule needs at least 2 points, got n={n!r}")
+        raise UsageError(f"a schedule needs at least 2 points, got n={n!r}")
     if not (0 < sigma_min < sigma_max) or not math.isfinite(sigma_max):
-        raise ValueError(
+        raise UsageError(
             f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min!r}, sigma_max={sigma_max!r}"
         )
 
@@ -39,11 +41,11 @@ def _discrete_tables(model_sigmas: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     """Times t_i = (i + 1) / T and log sqrt(alpha_bar_i) of a discrete (DDPM/LDM) sigma table (section 1.1)."""
     s = torch.as_tensor(model_sigmas, dtype=torch.float64).flatten().cpu()
     if s.numel() < 2 or not torch.isfinite(s).all() or (s <= 0).any():
-        raise ValueError("model_sigmas must be a finite, positive 1-D table (e.g. the model's 1000 DDPM sigmas)")
+        raise UsageError("model_sigmas must be a finite, positive 1-D table (e.g. the model's 1000 DDPM sigmas)")
     if s[0] > s[-1]:
         s = s.flip(0)
     if (s[1:] < s[:-1]).any():
-        raise ValueError("model_sigmas must be monotonic")
+        raise UsageError("model_sigmas must be monotonic")
     t = torch.arange(1, s.numel() + 1, dtype=torch.float64) / s.numel()
     log_alpha = -0.5 * torch.log1p(s**2)
     return t, log_alpha
@@ -91,18 +93,18 @@ def get_sigmas(
     """
     if kind == "discrete":
         if model_sigmas is None:
-            raise ValueError(
+            raise UsageError(
                 "the 'discrete' schedule needs the model's sigma table: pass model_sigmas= (e.g. the 1000 DDPM sigmas)"
             )
         table = torch.as_tensor(model_sigmas, dtype=torch.float64).flatten()
         sigma_min = float(table.min()) if sigma_min is None else sigma_min
         sigma_max = float(table.max()) if sigma_max is None else sigma_max
     if sigma_min is None or sigma_max is None:
-        raise ValueError(f"schedule {kind!r} needs sigma_min and sigma_max")
+        raise UsageError(f"schedule {kind!r} needs sigma_min and sigma_max")
     _check(kind, n, float(sigma_min), float(sigma_max))
     rho = DEFAULT_RHO[kind] if rho is None else float(rho)
     if rho <= 0:
-        raise ValueError(f"rho must be positive, got {rho}")
+        raise UsageError(f"rho must be positive, got {rho}")
     u = torch.linspace(0, 1, int(n), dtype=torch.float64)
     smin, smax = float(sigma_min), float(sigma_max)
     if kind == "polynomial":
@@ -115,7 +117,7 @@ def get_sigmas(
         s = torch.sqrt(torch.expm1(0.5 * beta_d * t**2 + beta_min * t))
     elif kind == "flow_shift":
         if smax > 1:
-            raise ValueError(f"the 'flow_shift' schedule is for flow models (sigma <= 1), got sigma_max={smax}")
+            raise UsageError(f"the 'flow_shift' schedule is for flow models (sigma <= 1), got sigma_max={smax}")
         t_of = lambda v: v / (rho - (rho - 1) * v)  # noqa: E731 - inverse of the shift map
         t = t_of(smax) + u * (t_of(smin) - t_of(smax))
         s = rho * t / (1 + (rho - 1) * t)
@@ -134,8 +136,6 @@ def _check_grid(kind: str, s: torch.Tensor, smin: float, smax: float, rho: float
     VP fit of section 2 item 3 then has beta_d < 0 and sigma(t) overshoots sigma_max by orders of magnitude)."""
     if bool(torch.isfinite(s).all()) and bool((s[1:] < s[:-1]).all()):
         return
-    from ..errors import UsageError
-
     fix = ("use --schedule polynomial or logsnr (monotone for any range)" if kind == "time_uniform"
            else "use another schedule or sigma range")
     bad = s[~torch.isfinite(s)] if not bool(torch.isfinite(s).all()) else s.max()
@@ -158,7 +158,7 @@ def teacher_sigmas(
     """Teacher grid with ``(M + 1)(n - 1) + 1`` points whose every ``(M + 1)``-th point is exactly the student grid
     (docs/ALGORITHMS.md section 2, "Sub-grids")."""
     if int(M) != M or M < 0:
-        raise ValueError(f"M (inserted teacher points per student interval) must be an integer >= 0, got {M!r}")
+        raise UsageError(f"M (inserted teacher points per student interval) must be an integer >= 0, got {M!r}")
     fine = get_sigmas(kind, (M + 1) * (n - 1) + 1, sigma_min, sigma_max, rho, model_sigmas, dtype=torch.float64)
     coarse = get_sigmas(kind, n, sigma_min, sigma_max, rho, model_sigmas, dtype=torch.float64)
     fine[:: M + 1] = coarse
