@@ -1,6 +1,8 @@
 """Coefficient records, the safetensors + JSON file format, lookup and the official-predictor import
 (docs/ARCHITECTURE.md, "Coefficients")."""
 
+from .._lazy import lazy_exports
+
 _LAZY: dict[str, tuple[str, str]] = {  # public name -> (submodule, attribute)
     "CoefficientFileError": (".io", "CoefficientFileError"),
     "Coefficients": (".record", "Coefficients"),
@@ -34,16 +36,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):  # noqa: ANN202 - PEP 562: import the submodule on first use (keeps the CLI light)
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from importlib import import_module
-
-    value = getattr(import_module(module[0], __name__), module[1])
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

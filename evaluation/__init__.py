@@ -1,6 +1,8 @@
 """Evaluation: streaming feature statistics, Frechet distance / KID / precision-recall, feature networks, reference
 files and the ``adasde fid`` pipelines (docs/ALGORITHMS.md section 6; docs/ARCHITECTURE.md)."""
 
+from .._lazy import lazy_exports
+
 _LAZY: dict[str, tuple[str, str]] = {  # public name -> (submodule, attribute)
     "FEATURE_NETS": (".features", "FEATURE_NETS"),
     "FeatureNet": (".features", "FeatureNet"),
@@ -68,16 +70,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):  # noqa: ANN202 - PEP 562: import the submodule on first use (keeps the CLI light)
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from importlib import import_module
-
-    value = getattr(import_module(module[0], __name__), module[1])
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -2,19 +2,11 @@
 (``adasde sample``, ``adasde fid sample``; the demo and the benchmarks call it too).  docs/ARCHITECTURE.md,
 "Generation".  Names are imported on first use, so that ``adasde --help`` does not import torch."""
 
-from __future__ import annotations
+from .._lazy import lazy_exports
 
-from importlib import import_module
-from typing import Any
-
-_LAZY = {"NonFiniteSampleError": ".loop", "generate": ".loop", "generate_all": ".loop", "sample_batch": ".loop",
-         "to_uint8": ".loop", "parse_seeds": ".seeds", "shard": ".seeds"}
+_LAZY: dict[str, tuple[str, str]] = {name: (".loop", name) for name in (
+    "NonFiniteSampleError", "generate", "generate_all", "sample_batch", "to_uint8")} | {
+    name: (".seeds", name) for name in ("parse_seeds", "shard")}
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(_LAZY[name], __name__), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -1,0 +1,27 @@
+"""Packages whose public names are imported on first use (PEP 562), so that ``adasde --help`` and the CLI parser
+import no torch: ``__getattr__, __dir__ = lazy_exports(__name__, {name: (submodule, attribute)})``."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from importlib import import_module
+from typing import Any
+
+
+def lazy_exports(package: str, table: Mapping[str, tuple[str, str]]
+                 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """``(__getattr__, __dir__)`` for ``package``: ``table`` maps a public name to (relative submodule, attribute)."""
+
+    def getattr_(name: str) -> Any:
+        entry = table.get(name)
+        if entry is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(import_module(entry[0], package), entry[1])
+        setattr(sys.modules[package], name, value)
+        return value
+
+    def dir_() -> list[str]:
+        return sorted(set(vars(sys.modules[package])) | set(table))
+
+    return getattr_, dir_
