@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-_BENCHES = (".overhead", ".solvers", ".distill", ".fid", ".builtin")
+_BENCHES = (".overhead", ".solvers", ".distill", ".fid", ".builtin", ".guidance")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

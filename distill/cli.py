@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..generate.conditioning import add_guidance_arguments, conditioning_from_args
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``distill`` sub-command."""
@@ -60,6 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run)
+    add_guidance_arguments(p, "distill", prompts=True)
 
 
 class TqdmProgress:
@@ -105,6 +108,8 @@ def _run(args: argparse.Namespace) -> int:
         args.rho = rho if args.rho is None else args.rho
     rank, size = init_distributed(args.device)
     model = load_model(args.model, device=args.device)
+    cond = conditioning_from_args(model, args)
+    model = cond.model
     if isinstance(model, torch.nn.Module):
         model.requires_grad_(False)  # gradients flow to x and the coefficients only
     out = Path(args.out)
@@ -115,7 +120,7 @@ def _run(args: argparse.Namespace) -> int:
         schedule=args.schedule, rho=args.rho, batch=args.batch,
         trajectories=args.trajectories, seed=args.seed, device=args.device, progress=bar, checkpoint=ck,
         checkpoint_every=args.checkpoint_every, resume=args.resume, grad_checkpoint=args.grad_checkpoint,
-        name=args.model,
+        name=args.model, condition_fn=cond.distill_condition(args.batch),
     )
     opt = {k: v for k, v in (("teacher", args.teacher), ("M", args.M), ("scale_dir", args.scale_dir),
                              ("scale_time", args.scale_time), ("lr", args.lr), ("cosine", args.cosine),
