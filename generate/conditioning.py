@@ -7,7 +7,7 @@ presets"): the one translation from ``--guidance cfg|cg|uncond``, ``--guidance-r
 * ``cg`` (classifier guidance): the model is wrapped in :class:`loaders.guidance.ClassifierGuided` with the
   noise-aware classifier ``--classifier SPEC`` (``builtin:fmnist-noisy-classifier`` is the default for
   ``builtin:fmnist``; ``adm:FILE.pt`` or a bare ``FILE.pt`` for guided-diffusion classifiers) and rate
-  ``--guidance-rate`` (default 1).
+  ``--guidance-rate`` (default 1; 4 for ``builtin:fmnist``, measured in bench/results/guidance.md).
 * ``uncond``: no guidance (a text model gets its prompts at CFG scale 1; a class-conditional model its labels).
 * Classes: seed ``s`` gets ``classes[s mod len(classes)]``; without ``--classes`` a class-conditional model (or
   ``cg``) gets a class drawn from a generator seeded by the seed alone, so an image depends only on its seed.
@@ -31,6 +31,8 @@ from ..policy.presets import PRESETS, Preset, get_preset
 GUIDANCE = ("cfg", "cg", "uncond")
 DEFAULT_RATE = {"cfg": 7.5, "cg": 1.0}
 DEFAULT_CLASSIFIER = {"builtin-fmnist": "builtin:fmnist-noisy-classifier"}
+# cg rate per model family when --guidance-rate is not given (builtin-fmnist: measured, bench/results/guidance.md)
+DEFAULT_CG_RATE = {"builtin-fmnist": 4.0}
 _CLASS_SEED = 0x5EED_C1A55
 
 ExtraFor = Callable[[list[int]], dict[str, Any]]
@@ -114,7 +116,9 @@ def load_classifier(spec: str, device: Any = None, dtype: Any = None) -> torch.n
     return load_adm_classifier(file, device, dtype)
 
 
-def _rate(value: float | None, guidance: str) -> float:
+def _rate(value: float | None, guidance: str, family: str = "") -> float:
+    if value is None and guidance == "cg":
+        return DEFAULT_CG_RATE.get(family, DEFAULT_RATE["cg"])
     rate = DEFAULT_RATE.get(guidance, 1.0) if value is None else float(value)
     if not rate == rate or rate < 0 or rate == float("inf"):
         raise UsageError(f"--guidance-rate {value}: expected a finite number >= 0")
@@ -158,7 +162,7 @@ def build_conditioning(
     wrapped = isinstance(model, ClassifierGuided)
     if guidance is None:
         guidance = "cfg" if prompt_list else "cg" if (classifier is not None or wrapped) else "uncond"
-    rate = _rate(guidance_rate, guidance)
+    rate = _rate(guidance_rate, guidance, getattr(model, "family", ""))
     cls_list = parse_classes(classes)
     text = bool(getattr(model, "text_conditioned", False))
     family = spec or getattr(model, "family", "unknown")
@@ -269,7 +273,8 @@ def add_guidance_arguments(parser: argparse.ArgumentParser, kind: str = "sample"
                         help="cfg (classifier-free, text models with --prompts), cg (classifier guidance with "
                         "--classifier and --classes) or uncond (default: cfg with prompts, cg with a classifier)")
     parser.add_argument("--guidance-rate", type=float, default=None, metavar="R",
-                        help="guidance strength: CFG scale (default 7.5) or classifier-guidance rate (default 1)")
+                        help="guidance strength: CFG scale (default 7.5) or classifier-guidance rate (default 1, 4 "
+                        "for builtin:fmnist)")
     parser.add_argument("--classes", default=None, metavar="LIST",
                         help="class labels, e.g. 7 or 0,3,7 (seed s gets classes[s mod len]); class-conditional "
                         "models and --guidance cg")
