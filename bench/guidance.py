@@ -79,13 +79,13 @@ Command: `adasde bench guidance --samples {samples} --nfes {' '.join(map(str, nf
 
 `builtin:fmnist` (unconditional) sampled from seeds {seeds[0]}..{seeds[-1]} without guidance and with classifier
 guidance (`--guidance cg --classifier builtin:fmnist-noisy-classifier --guidance-rate R`, R = {rate_list}), seed s
-requesting class classes[s mod {len(cls_list or [])}] of `--classes {classes}`. **Requested-class accuracy** = share
-of images that the clean FD-FMNIST classifier (`builtin/classifier.py`, trained on clean images only, 92.2 % test accuracy)
-assigns to the requested class; without guidance it is the chance that an unconditional sample happens to be of
-that class (about 10 % for all ten classes). FD-FMNIST against the test-set statistics with n = {samples} (large
-finite-sample bias: compare within a row only). Grids and coefficients as `adasde sample` picks them (shipped AdaSDE
-coefficient files; the paper schedules for the training-free solvers). Times are wall-clock on a CPU shared with
-other jobs (indicative only).
+requesting class classes[s mod {len(cls_list or [])}] of `--classes {classes}`. **Requested-class accuracy** =
+share of images that the clean FD-FMNIST classifier (`builtin/classifier.py`, trained on clean images only, 92.2 %
+test accuracy) assigns to the requested class; without guidance it is the chance that an unconditional sample
+happens to be of that class (about 10 % for all ten classes). FD-FMNIST against the test-set statistics with
+n = {samples} (large finite-sample bias: compare within a row only). Grids and coefficients as `adasde sample` picks
+them (shipped AdaSDE coefficient files; the paper schedules for the training-free solvers). Times are wall-clock on
+a CPU shared with other jobs (indicative only).
 
 Noise-conditional classifier (`builtin/weights/fmnist_noisy_classifier.safetensors`): test accuracy by sigma
 {', '.join(f'{s}: {100 * v:.1f} %' for s, v in acc.items())}.
