@@ -65,6 +65,19 @@ def _recipes(a: argparse.Namespace) -> int:
     return 0
 
 
+def _guidance(a: argparse.Namespace) -> int:
+    import torch
+
+    from ..errors import UsageError
+    from .guidance import run
+
+    if a.samples < 1 or a.batch < 1 or min(a.rates) <= 0:
+        raise UsageError("bench guidance: --samples and --batch must be >= 1, --rates > 0")
+    torch.set_num_threads(a.threads)
+    print(run(a.samples, tuple(a.nfes), tuple(a.solvers), a.classes, tuple(a.rates), a.batch, out_dir=a.out_dir))
+    return 0
+
+
 def _policy(a: argparse.Namespace) -> int:
     import sys
 
@@ -162,6 +175,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default="recipes", help="report name: bench/results/<name>.md")
     p.add_argument("--out-dir", default=None, help=_OUT_DIR_HELP)
     p.set_defaults(func=_recipes)
+
+    p = sub.add_parser("guidance", help="classifier guidance on the built-in model: requested-class accuracy "
+                       "per solver and NFE -> bench/results/guidance.md")
+    p.add_argument("--samples", type=int, default=300, help="images per cell (the same seeds in every cell)")
+    p.add_argument("--nfes", type=int, nargs="+", default=[3, 5, 9])
+    p.add_argument("--solvers", nargs="+", default=["adasde", "euler", "dpmpp_3m"])
+    p.add_argument("--classes", default="0,1,2,3,4,5,6,7,8,9", help="requested classes, seed s gets classes[s mod n]")
+    p.add_argument("--rates", type=float, nargs="+", default=[2.0, 4.0, 8.0], help="classifier-guidance rates (> 0)")
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out-dir", default=None, help=_OUT_DIR_HELP)
+    p.set_defaults(func=_guidance)
 
     p = sub.add_parser("policy", help="what the defaults give: automatic coefficient choice vs the named file, "
                        "untrained and training-free solvers -> bench/results/policy.md")

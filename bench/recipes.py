@@ -57,7 +57,7 @@ def reference_loss(model: Any, coeffs: Any, x: torch.Tensor, ys: list[torch.Tens
 def run(model_spec: str = "testbed:gmm-error", nfes: tuple[int, ...] = NFES, seeds: int = 2,
         trajectories: int = 10_000, name: str = "recipes", out_dir: str | None = None) -> str:
     from ..distill import distill, teacher_trajectory
-    from ..loaders import load_model
+    from ..models import load_model
     from ..samplers.presets import initial_noise
     from ..samplers.schedules import teacher_sigmas
 

@@ -14,11 +14,12 @@ def register(subparsers: Any) -> None:
         "train-builtin",
         help="train the embedded Fashion-MNIST model (U-Net), its classifier or the reference statistics",
         description="Train the embedded Fashion-MNIST diffusion U-Net with the EDM recipe (deterministic given "
-        "--seed and the step count), or the FD-FMNIST classifier (--model classifier), or recompute the "
+        "--seed and the step count), or the FD-FMNIST classifier (--model classifier), the noise-conditional "
+        "classifier of classifier guidance (--model noisy-classifier, --steps default 2400), or recompute the "
         "reference statistics (--model stats).  Needs the Fashion-MNIST files "
         "(apt-get install dataset-fashion-mnist, or ADASDE_FMNIST_DIR).",
     )
-    p.add_argument("--model", choices=("unet", "classifier", "stats", "export"), default="unet",
+    p.add_argument("--model", choices=("unet", "classifier", "noisy-classifier", "stats", "export"), default="unet",
                    help="what to train; 'export' writes the EMA weights of --checkpoint to --out")
     p.add_argument("--steps", type=int, default=None, help="stop after this many optimizer steps")
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget of this invocation")
@@ -95,6 +96,16 @@ def _run(args: argparse.Namespace) -> int:
         out = _target(args, clf.DEFAULT_CLASSIFIER, "FD-FMNIST classifier")
         summary = clf.train_classifier(out=out, seed=args.seed, epochs=args.epochs or 4.0, batch=args.batch or 128,
                                        lr=args.lr or 2e-3, threads=args.threads, progress=not args.no_progress)
+        print(json.dumps(summary))
+        print(f"wrote {out}")
+        return 0
+    if args.model == "noisy-classifier":
+        from .noisy_classifier import NOISY_CLASSIFIER, train_noisy_classifier
+
+        out = _target(args, Path(NOISY_CLASSIFIER), "noise-conditional classifier")
+        summary = train_noisy_classifier(out=str(out), seed=args.seed, steps=args.steps or 2400,
+                                         batch=args.batch or 128, lr=args.lr or 2e-3, threads=args.threads,
+                                         progress=not args.no_progress)
         print(json.dumps(summary))
         print(f"wrote {out}")
         return 0

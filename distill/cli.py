@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import AdasdeError, InputFileError, UsageError
 from ..fileio import OutputLock, check_writable
+from ..policy.presets import add_guidance_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -72,6 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run)
+    add_guidance_arguments(p, "distill", prompts=True)
 
 
 class TqdmProgress:
@@ -128,6 +130,7 @@ def _distill(args: argparse.Namespace, out: Path, ck: Path, size: int, rank: int
     import torch
 
     from .. import coefficients
+    from ..conditioning import conditioning_from_args
     from ..models import load_model
     from ..runtime import barrier
     from .adasde import distill
@@ -136,6 +139,8 @@ def _distill(args: argparse.Namespace, out: Path, ck: Path, size: int, rank: int
     from .recipes import nfe_of, recipe
 
     model = load_model(args.model, device=args.device)
+    cond = conditioning_from_args(model, args)
+    model = cond.model
     if isinstance(model, torch.nn.Module):
         model.requires_grad_(False)  # gradients flow to x and the coefficients only
     given = {k: v for k, v in (("teacher", args.teacher), ("M", args.M), ("scale_dir", args.scale_dir),

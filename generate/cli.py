@@ -12,6 +12,8 @@ import argparse
 import json
 import sys
 
+from ..policy.presets import add_guidance_arguments
+
 PLAN_HELP = ("--steps counts sampling steps (intervals); --nfe picks the step count and AFS that make exactly K model "
              "calls. adasde/amed pick the best fitting coefficient file automatically (--coeffs FILE to choose one, "
              "--coeffs untrained for none) and say so when none fits.")
@@ -43,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction, fid: argparse._SubParsersAc
                    help="prompt file: .txt (one per line) or .csv with a 'caption' column (MS-COCO layout)")
     p.add_argument("--prompt", default=None, help="a single prompt for every seed")
     p.add_argument("--negative-prompt", default=None)
-    p.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default 7.5; 1 = off)")
     p.add_argument("--out", default=None, metavar="DIR", help="folder for SEED.png (+ .adasde_sample.json)")
     p.add_argument("--grid", default=None, metavar="FILE", help="also write a grid PNG of all seeds")
     p.add_argument("--batch", type=int, default=8, help="images per batch and rank")
@@ -51,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction, fid: argparse._SubParsersAc
     p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"), help="model weights dtype")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_sample)
+    add_guidance_arguments(p, "sample", prompts=False)
     if fid is None:
         return
     from ..evaluation.cli import common_arguments
@@ -67,6 +70,7 @@ def register(subparsers: argparse._SubParsersAction, fid: argparse._SubParsersAc
     p.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between state saves (300)")
     common_arguments(p)
     p.set_defaults(func=_fid_sample)
+    add_guidance_arguments(p, "sample", prompts=True)
 
 
 def _notes(notes: list[str]) -> None:
@@ -84,9 +88,12 @@ def _sample(a: argparse.Namespace) -> int:
     rank, _ = init_distributed(a.device)
     prompts = a.prompts if a.prompts else ([a.prompt] if a.prompt else None)
     rec = sample_images(a.model, a.sampler, a.seeds, out=a.out, grid=a.grid, coeffs=a.coeffs, nfe=a.nfe,
-                        steps=a.steps, schedule=a.schedule, rho=a.rho, prompts=prompts, cfg=a.cfg,
+                        steps=a.steps, schedule=a.schedule, rho=a.rho, prompts=prompts,
+                        cfg=a.guidance_rate if a.guidance_rate is not None else 7.5,
                         negative_prompt=a.negative_prompt, batch=a.batch, device=a.device, dtype=a.dtype,
-                        progress=not a.no_progress, model_kwargs={"config": a.config} if a.config else None)
+                        progress=not a.no_progress, model_kwargs={"config": a.config} if a.config else None,
+                        guidance=a.guidance, guidance_rate=a.guidance_rate, classes=a.classes,
+                        classifier=a.classifier, preset=a.preset)
     if rank == 0:
         plan = rec["plan"]
         _notes(plan["notes"])
@@ -108,7 +115,9 @@ def _fid_sample(a: argparse.Namespace) -> int:
                            schedule=a.schedule, rho=a.rho, batch=a.batch, net=a.net, device=a.device,
                            weights=a.inception_weights, allow_download=a.allow_download, out_images=a.out_images,
                            resume=a.resume, checkpoint_every=a.checkpoint_every, progress=not a.no_progress,
-                           model_kwargs={"config": a.config} if a.config else None)
+                           model_kwargs={"config": a.config} if a.config else None, guidance=a.guidance,
+                           guidance_rate=a.guidance_rate, prompts=a.prompts, negative_prompt=a.negative_prompt,
+                           classes=a.classes, classifier=a.classifier, preset=a.preset)
     if rank_world()[0] == 0:
         _notes(res["protocol"]["notes"])
     emit(res, a.json)

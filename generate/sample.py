@@ -48,7 +48,7 @@ def make_grid(images: Sequence[torch.Tensor], nrow: int | None = None, pad: int 
 
 
 def infotext(spec: str, p: Plan, seed: int | None = None, prompt: str | None = None, cfg: float | None = None,
-             coeffs_sha256: str | None = None) -> str:
+             coeffs_sha256: str | None = None, guidance: dict[str, Any] | None = None) -> str:
     """Generation parameters in the WebUI's infotext style (the PNG ``parameters`` text chunk)."""
     parts = [f"Steps: {p.steps}", f"Sampler: {p.sampler}", f"NFE: {p.nfe}",
              f"Schedule: {p.schedule[0]} {p.schedule[1]:g}"]
@@ -56,6 +56,8 @@ def infotext(spec: str, p: Plan, seed: int | None = None, prompt: str | None = N
         parts.append(f"Seed: {seed}")
     if cfg is not None:
         parts.append(f"CFG scale: {cfg:g}")
+    if guidance and guidance.get("guidance") == "cg":
+        parts.append(f"Classifier guidance: {guidance.get('guidance_rate'):g} ({guidance.get('classifier')})")
     if p.coeffs is not None:
         parts.append(f"AdaSDE coefficients: {Path(p.coeffs_path).name if p.coeffs_path else 'in memory'}"
                      + (f" ({coeffs_sha256[:10]})" if coeffs_sha256 else ""))
@@ -72,7 +74,8 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _run_key(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: record.get(k) for k in ("model", "plan", "seeds", "prompts_sha256", "cfg", "negative_prompt")}
+    return {k: record.get(k) for k in ("model", "plan", "seeds", "prompts_sha256", "cfg", "negative_prompt",
+                                 "guidance")}
 
 
 def _check_folder(out_dir: Path, record: dict[str, Any]) -> set[int]:
@@ -113,16 +116,23 @@ def sample_images(
     dtype: str | torch.dtype | None = None,
     progress: bool = True,
     model_kwargs: dict[str, Any] | None = None,
+    guidance: str | None = None,
+    guidance_rate: float | None = None,
+    classes: str | Sequence[int] | None = None,
+    classifier: str | None = None,
+    preset: str | None = None,
 ) -> dict[str, Any]:
     """Generate the images of ``seeds`` (module docstring); returns the run record (plan, seeds, timings, notes).
 
     ``steps`` counts sampling intervals; ``coeffs`` is a coefficient file, ``"untrained"`` or None (automatic
-    choice: the best fitting file on the search path)."""
+    choice: the best fitting file on the search path).  ``guidance`` / ``guidance_rate`` / ``classes`` /
+    ``classifier``: see :func:`conditioning.build_conditioning` (``cfg`` is the CFG scale when
+    ``guidance_rate`` is not given); ``preset``: the release preset whose solver form applies."""
+    from ..conditioning import build_conditioning, with_solver_options
     from ..evaluation.images import save_png
     from ..evaluation.reference import sha256_file
-    from ..loaders import ModelSpecError
-    from ..loaders.prompts import condition_args, prompts_for_seeds, read_prompts
     from ..models import load_model
+    from ..policy.presets import get_preset
 
     if out is None and grid is None:
         raise UsageError("sample needs --out DIR and/or --grid FILE")
@@ -137,22 +147,21 @@ def sample_images(
     dev = parse_device(device)
     t0 = time.perf_counter()
     den = load_model(model, device=dev, dtype=parse_dtype(dtype), **(model_kwargs or {}))
-    prompt_list: list[str] | None = None
-    if prompts is not None:
-        prompt_list = read_prompts(prompts) if isinstance(prompts, (str, os.PathLike)) else [str(p) for p in prompts]
-        if not prompt_list:
-            raise UsageError("the prompt list is empty")
-        if not getattr(den, "text_conditioned", False):
-            raise ModelSpecError(f"{model}: prompts were given but this is not a text-to-image model (family "
-                             f"{den.family!r}); give a Stable Diffusion folder, or drop --prompts")
+    text_prompts = prompts is not None
+    cond = build_conditioning(den, guidance=guidance, prompts=prompts, negative_prompt=negative_prompt,
+                              guidance_rate=guidance_rate if guidance_rate is not None or not text_prompts else cfg,
+                              classes=classes, classifier=classifier, device=dev, dtype=parse_dtype(dtype),
+                              spec=model)
+    den, prompt_list = cond.model, cond.prompts
     sched = (schedule, rho if rho is not None else _default_rho(schedule)) if schedule else None
     p = plan(den, sampler, steps=steps, nfe=nfe, coefficients=coeffs if coeffs is not None else AUTO,
              schedule=sched)
+    p = with_solver_options(p, get_preset(preset))
     coeffs_sha = sha256_file(p.coeffs_path) if p.coeffs_path and Path(p.coeffs_path).is_file() else None
     record: dict[str, Any] = {
         "model": model, "plan": p.protocol(), "coefficients_sha256": coeffs_sha, "seeds": seeds if isinstance(
-            seeds, str) else f"{len(seed_list)} seeds", "num_images": len(seed_list), "cfg": float(cfg) if
-        prompt_list else None, "negative_prompt": negative_prompt if prompt_list else None,
+            seeds, str) else f"{len(seed_list)} seeds", "num_images": len(seed_list), "cfg": cond.rate if
+        prompt_list else None, "guidance": cond.record, "negative_prompt": negative_prompt if prompt_list else None,
         "prompts_sha256": _digest(prompt_list), "world_size": world, "adasde": __version__,
         "initial_noise": "x_T = sigmas[0] * randn(torch.Generator().manual_seed(seed)), per seed",
     }
@@ -169,20 +178,15 @@ def sample_images(
     mine = shard(seed_list, rank, world)
     todo = [s for s in mine if s not in have]
 
-    def extra_for(s: list[int]) -> dict[str, Any]:
-        if prompt_list is None:
-            return {}
-        return condition_args(prompts_for_seeds(prompt_list, s), cfg, negative_prompt)
-
+    extra_for = cond.extra_for
     keep: dict[int, torch.Tensor] = {}
     for s, imgs in generate(den, p, todo, batch=batch, extra_for=extra_for, device=dev,
                             progress=progress and rank == 0, desc=f"sample {sampler}", done=0):
         for seed, img in zip(s, imgs):
             if out_dir is not None:
-                prompt = prompts_for_seeds(prompt_list, [seed])[0] if prompt_list else None
                 save_png(img, out_dir / f"{seed:06d}.png",
-                         text={"parameters": infotext(model, p, seed, prompt, float(cfg) if prompt_list else None,
-                                                      coeffs_sha)})
+                         text={"parameters": infotext(model, p, seed, cond.prompt_of(seed), cond.rate if prompt_list
+                                                      else None, coeffs_sha, cond.record)})
             if grid is not None:
                 keep[seed] = img
     if grid is not None:

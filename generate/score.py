@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..conditioning import build_conditioning, with_solver_options
 from ..errors import InputFileError, UsageError
 from ..evaluation.features import load_feature_net
 from ..evaluation.metrics import fid_from_stats
@@ -27,6 +28,7 @@ from ..evaluation.reference import check_feature_net, load_stats, sha256_file
 from ..evaluation.stats import RunningStats
 from ..fileio import atomic_savez
 from ..policy import AUTO, plan
+from ..policy.presets import get_preset
 from ..runtime import device as parse_device
 from ..runtime import rank_world
 from .loop import generate
@@ -44,10 +46,14 @@ def sample_and_score(
     batch: int = 64, net: str | None = None, device: str | torch.device | None = None, weights: str | None = None,
     allow_download: bool = False, out_images: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
     checkpoint_every: float = 300.0, progress: bool = True, model_kwargs: dict[str, Any] | None = None,
+    guidance: str | None = None, guidance_rate: float | None = None, prompts: str | Sequence[str] | None = None,
+    negative_prompt: str | None = None, classes: str | Sequence[int] | None = None, classifier: str | None = None,
+    preset: str | None = None,
 ) -> dict[str, Any]:
     """Generate and score (module docstring).  ``steps`` counts sampling intervals; ``coeffs``: a file,
-    ``"untrained"`` or None (automatic choice).  Returns the result dict (value + full protocol); only rank 0's
-    matters."""
+    ``"untrained"`` or None (automatic choice).  Guidance, prompts and classes: see
+    :func:`conditioning.build_conditioning`; ``preset``: the release preset whose solver form applies.
+    Returns the result dict (value + full protocol); only rank 0's matters."""
     from ..evaluation.images import save_png
     from ..models import load_model
 
@@ -64,6 +70,10 @@ def sample_and_score(
     fnet = load_feature_net(net, device=dev, weights=weights, allow_download=allow_download)
     check_feature_net(ref_stats, fnet.name, dim=fnet.dim, weights_sha256=fnet.info.get("weights_sha256"))
     den = load_model(model, device=dev, **(model_kwargs or {}))
+    cond = build_conditioning(den, guidance=guidance, guidance_rate=guidance_rate, prompts=prompts,
+                              negative_prompt=negative_prompt, classes=classes, classifier=classifier, device=dev,
+                              spec=model)
+    den = cond.model
     sched = None
     if schedule is not None:
         from ..samplers.schedules import DEFAULT_RHO
@@ -73,14 +83,17 @@ def sample_and_score(
         sched = (schedule, rho if rho is not None else DEFAULT_RHO[schedule])
     p = plan(den, sampler, steps=steps, nfe=nfe, coefficients=coeffs if coeffs is not None else AUTO,
              schedule=sched)
+    p = with_solver_options(p, get_preset(preset))
     proto = p.protocol()
     if p.coeffs_path and Path(p.coeffs_path).is_file():
         proto["coefficients_sha256"] = sha256_file(p.coeffs_path)
     protocol = {"model": model, **proto, "seeds": seeds if isinstance(seeds, str) else f"{len(seed_list)} seeds",
                 "num_seeds": len(seed_list), "feature_net": fnet.name, "feature_info": fnet.info,
+                "guidance": {**cond.record, "prompts_sha256": _digest(cond.prompts)},
                 "initial_noise": "x_T = sigmas[0] * randn(torch.Generator().manual_seed(seed)), per seed"}
     key = json.dumps({k: protocol.get(k) for k in ("model", "sampler", "sigmas", "seeds", "feature_net",
-                                                    "coefficients_sha256", "afs")} | {"ref": sha256_file(ref)},
+                                                    "coefficients_sha256", "afs", "guidance")}
+                     | {"ref": sha256_file(ref)},
                      sort_keys=True, default=str)
     mine = shard(seed_list, rank, world)
     rs = RunningStats(fnet.dim, meta=_net_meta(fnet))
@@ -106,8 +119,8 @@ def sample_and_score(
             atomic_savez(state, **rs.state_arrays(), progress=np.array(json.dumps({"key": key, "done": done})))
 
     t0, last = time.time(), time.time()
-    for s, imgs in generate(den, p, mine, batch=batch, device=dev, progress=progress and rank == 0,
-                            desc=f"fid sample {sampler}", done=done):
+    for s, imgs in generate(den, p, mine, batch=batch, device=dev, extra_for=cond.extra_for,
+                            progress=progress and rank == 0, desc=f"fid sample {sampler}", done=done):
         rs.update(fnet(imgs.to(dev)))
         if out_images is not None:
             for seed, img in zip(s, imgs):
@@ -123,3 +136,11 @@ def sample_and_score(
             "protocol": {**protocol, "reference": _ref_info(ref, ref_stats), "batch": batch, "world_size": world,
                          "device": str(dev), "out_images": str(out_images) if out_images else None},
             "date": _now(), "seconds": round(time.time() - t0, 3), "versions": versions()}
+
+
+def _digest(prompts: Sequence[str] | None) -> str | None:
+    if not prompts:
+        return None
+    import hashlib
+
+    return hashlib.sha256("\n".join(prompts).encode()).hexdigest()

@@ -7,7 +7,7 @@ import torch
 from adasde.distill import DistillOptions, distill
 from adasde.distill.amed import distill_amed
 from adasde.errors import UsageError
-from adasde.loaders import load_model
+from adasde.models import load_model
 
 NFE3 = dict(nfe=3, M=3, gamma_max=0.02, batch=32, trajectories=320)
 
