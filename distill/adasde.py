@@ -19,7 +19,7 @@ from ..samplers.adasde import adasde_step
 from ..samplers.common import is_flow_model
 from ..samplers.schedules import SCHEDULES, get_sigmas, teacher_sigmas
 from .engine import LoopConfig, ModelGuard, run
-from .options import ADASDE_DEFAULTS, AMED_ONLY, DistillOptions, merge, reject
+from .options import ADASDE_DEFAULTS, AMED_ONLY, DistillOptions, prepare
 from .params import check_scales, init_raw, map_tables
 from .robust import INIT_MODES, HeldOut, scan_r_
 from .teacher import TEACHERS, teacher_nfe
@@ -53,10 +53,10 @@ def model_facts(model: Any) -> dict[str, Any]:
     return out
 
 
-def resolve_common(model: Any, shape: Any, sigma_min: float | None, sigma_max: float | None,
-                   schedule: str | None, rho: float | None, model_sigmas: Any, device: Any,
-                   dtype: torch.dtype | None) -> dict[str, Any]:
-    """Fill shape / sigma range / schedule / device from a Denoiser where not given; validate."""
+def resolve_common(model: Any, o: DistillOptions) -> dict[str, Any]:
+    """Fill shape / sigma range / schedule / device of the options from a Denoiser where not given; validate."""
+    shape, sigma_min, sigma_max, schedule, rho = o.shape, o.sigma_min, o.sigma_max, o.schedule, o.rho
+    model_sigmas, device, dtype = o.model_sigmas, o.device, o.dtype
     facts = model_facts(model)
     shape = tuple(int(v) for v in (shape if shape is not None else facts.get("sample_shape", ()))) or None
     if shape is None:
@@ -156,16 +156,13 @@ def distill(model: Callable, options: DistillOptions | None = None, **overrides:
     (:mod:`.robust`), ``"random"`` at the paper's random draw; the held-out teacher loss of the result is stored in
     ``training["heldout_loss"]``.
     """
-    o = merge("distill", options, overrides)
-    reject("distill", o, AMED_ONLY, "distill_amed (AMED)")
-    o = o.with_defaults(ADASDE_DEFAULTS)
-    shape, sigma_min, sigma_max, num_steps, nfe, afs = o.shape, o.sigma_min, o.sigma_max, o.num_steps, o.nfe, o.afs
-    schedule, rho, model_sigmas, teacher, M, K = o.schedule, o.rho, o.model_sigmas, o.teacher, o.M, o.K  # noqa: N806
+    o = prepare("distill", options, overrides, AMED_ONLY, "distill_amed (AMED)", ADASDE_DEFAULTS)
+    num_steps, nfe, afs, teacher, M, K = o.num_steps, o.nfe, o.afs, o.teacher, o.M, o.K  # noqa: N806
     scale_dir, scale_time, gamma_max, loss, alpha = o.scale_dir, o.scale_time, o.gamma_max, o.loss, o.alpha
     lr, cosine, batch, trajectories, seed, bptt = o.lr, o.cosine, o.batch, o.trajectories, o.seed, o.bptt
     init = o.init
     checkpoint, resume, flow = o.checkpoint, o.resume, o.flow
-    c = resolve_common(model, shape, sigma_min, sigma_max, schedule, rho, model_sigmas, o.device, o.dtype)
+    c = resolve_common(model, o)
     if num_steps is None:
         if nfe is None:
             raise UsageError("distill: pass num_steps= (student grid points N) or nfe=")

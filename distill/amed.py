@@ -30,7 +30,7 @@ from ..samplers.amed import PLUGIN_BASES, AMEDPredictor, PluginHistory, amed_ste
 from ..samplers.common import afs_denoised, is_flow_model
 from .adasde import check_run, final_losses, grids, identity_of, resolve_common, steps_for_nfe
 from .engine import LoopConfig, ModelGuard, run
-from .options import ADASDE_ONLY, AMED_DEFAULTS, DistillOptions, merge, reject
+from .options import ADASDE_ONLY, AMED_DEFAULTS, DistillOptions, prepare
 from .params import check_scales
 from .robust import INIT_MODES, HeldOut, scan_total_
 from .teacher import teacher_nfe
@@ -57,14 +57,11 @@ def distill_amed(model: Callable, options: DistillOptions | None = None, **overr
     plus the predictor's zero-feature outputs as constant tables) or ``"amed_plugin"`` (tables, ``base``).
     Settings: ``options`` (a :class:`DistillOptions`) and/or its field names as keywords (keywords win).
     """
-    o = merge("distill_amed", options, overrides)
-    reject("distill_amed", o, ADASDE_ONLY, "distill (AdaSDE)")
-    o = o.with_defaults(AMED_DEFAULTS)
-    shape, sigma_min, sigma_max, num_steps, nfe, afs = o.shape, o.sigma_min, o.sigma_max, o.num_steps, o.nfe, o.afs
-    schedule, rho, model_sigmas, plugin, teacher, M = o.schedule, o.rho, o.model_sigmas, o.plugin, o.teacher, o.M  # noqa: N806
+    o = prepare("distill_amed", options, overrides, ADASDE_ONLY, "distill (AdaSDE)", AMED_DEFAULTS)
+    num_steps, nfe, afs, plugin, teacher, M = o.num_steps, o.nfe, o.afs, o.plugin, o.teacher, o.M  # noqa: N806
     scale_dir, scale_time, lr, cosine, batch = o.scale_dir, o.scale_time, o.lr, o.cosine, o.batch
     trajectories, seed, bptt, predictor = o.trajectories, o.seed, o.bptt, o.predictor
-    c = resolve_common(model, shape, sigma_min, sigma_max, schedule, rho, model_sigmas, o.device, o.dtype)
+    c = resolve_common(model, o)
     if plugin is not None and plugin not in PLUGINS:
         raise UsageError(f"distill_amed: plugin={plugin!r}; AMED-Plugin bases are {', '.join(PLUGINS)}; "
                          f"None trains AMED-Solver")

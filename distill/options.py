@@ -105,3 +105,12 @@ def reject(where: str, opts: DistillOptions, names: tuple[str, ...], other: str)
     bad = [n for n in names if getattr(opts, n) != getattr(base, n)]
     if bad:
         raise UsageError(f"{where}: {', '.join(bad)} only apply to {other}; leave them unset here")
+
+
+def prepare(where: str, options: DistillOptions | None, overrides: dict[str, Any], foreign: tuple[str, ...],
+            other: str, defaults: dict[str, Any]) -> DistillOptions:
+    """The settings of one distillation method: :func:`merge`, :func:`reject` the ``foreign`` options of the
+    ``other`` method, then fill the method's ``defaults``."""
+    o = merge(where, options, overrides)
+    reject(where, o, foreign, other)
+    return o.with_defaults(defaults)

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from comfy_api.latest import io
 
+from . import host
+
 CATEGORY = "sampling/adasde/evaluation"
 REF_FOLDER = "adasde_fid_stats"
 FEATURE_NETS = ["inception", "fmnist"]
@@ -36,16 +38,9 @@ def _name_ok(name: str, what: str) -> str:
 
 
 def register_ref_folder() -> str:
-    import folder_paths
-
-    default = os.path.join(folder_paths.models_dir, REF_FOLDER)
-    os.makedirs(default, exist_ok=True)
-    entry = folder_paths.folder_names_and_paths.get(REF_FOLDER)
-    if entry is None or default not in entry[0]:
-        folder_paths.add_model_folder_path(REF_FOLDER, default, is_default=entry is None)
-    paths, exts = folder_paths.folder_names_and_paths[REF_FOLDER]
-    folder_paths.folder_names_and_paths[REF_FOLDER] = (paths, set(exts) | {".npz"})
-    return folder_paths.get_folder_paths(REF_FOLDER)[0]
+    """``models/adasde_fid_stats`` (default) merged with any folder of that name from extra_model_paths.yaml; returns
+    the first folder path."""
+    return host.register_model_folder(REF_FOLDER, {".npz"})
 
 
 def resolve_reference(ref: str) -> str:

@@ -46,17 +46,24 @@ PLAN_LOG = "AdaSDE plan: "  # log prefix of the JSON record of every plan a samp
 
 
 # ------------------------------------------------------------------------------------------------ coefficient files
-def register_folder() -> None:
-    """``models/adasde_coefficients`` (default) merged with any folder of that name from extra_model_paths.yaml."""
+def register_model_folder(folder: str, extensions: set[str]) -> str:
+    """``models/<folder>`` (default) merged with any folder of that name from extra_model_paths.yaml, listing files
+    with ``extensions`` too; returns the first folder path."""
     import folder_paths
 
-    default = os.path.join(folder_paths.models_dir, FOLDER)
+    default = os.path.join(folder_paths.models_dir, folder)
     os.makedirs(default, exist_ok=True)
-    entry = folder_paths.folder_names_and_paths.get(FOLDER)
+    entry = folder_paths.folder_names_and_paths.get(folder)
     if entry is None or default not in entry[0]:
-        folder_paths.add_model_folder_path(FOLDER, default, is_default=entry is None)
-    paths, exts = folder_paths.folder_names_and_paths[FOLDER]
-    folder_paths.folder_names_and_paths[FOLDER] = (paths, set(exts) | EXTENSIONS)
+        folder_paths.add_model_folder_path(folder, default, is_default=entry is None)
+    paths, exts = folder_paths.folder_names_and_paths[folder]
+    folder_paths.folder_names_and_paths[folder] = (paths, set(exts) | extensions)
+    return folder_paths.get_folder_paths(folder)[0]
+
+
+def register_folder() -> None:
+    """``models/adasde_coefficients`` (default) merged with any folder of that name from extra_model_paths.yaml."""
+    register_model_folder(FOLDER, EXTENSIONS)
 
 
 def coefficient_dirs() -> list[str]:
@@ -387,6 +394,19 @@ class BottleneckCapture:
 
 
 # ------------------------------------------------------------------------------------------------ sampler functions
+def _planned_options(model: Any, sampler: str, sigmas: torch.Tensor, coeffs: Any,
+                     afs: bool | None) -> tuple[ModelInfo, dict]:
+    """The model's info and the sampler options of the policy's plan for ComfyUI's grid (the plan is reported);
+    ``afs`` overrides the plan's when given."""
+    info = model_info(model)
+    p = sampling_plan(info, sampler, sigmas, coeffs, model_sampling_of(model))
+    report(p)
+    opts = p.options()
+    if afs is not None:
+        opts["afs"] = afs
+    return info, opts
+
+
 @torch.no_grad()
 def comfy_sample_adasde(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                         callback: Callable | None = None, disable: bool | None = None, coeffs: Any = AUTO,
@@ -396,12 +416,7 @@ def comfy_sample_adasde(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra
     from the model's ``model_sampling``; churn noise seeded per image."""
     from ..samplers import sample_adasde
 
-    info = model_info(model)
-    p = sampling_plan(info, "adasde", sigmas, coeffs, model_sampling_of(model))
-    report(p)
-    opts = p.options()
-    if afs is not None:
-        opts["afs"] = afs
+    info, opts = _planned_options(model, "adasde", sigmas, coeffs, afs)
     return sample_adasde(model, x, sigmas, extra_args=per_image_seeds(extra_args, x),
                          callback=callback, disable=disable, s_noise=s_noise, flow=info.flow, **opts)
 
@@ -414,12 +429,7 @@ def comfy_sample_amed(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_a
     of the model options (never the user's model)."""
     from ..samplers import sample_amed
 
-    info = model_info(model)
-    p = sampling_plan(info, "amed", sigmas, coeffs, model_sampling_of(model))
-    report(p)
-    opts = p.options()
-    if afs is not None:
-        opts["afs"] = afs
+    info, opts = _planned_options(model, "amed", sigmas, coeffs, afs)
     cap = BottleneckCapture()
     opts["features"] = cap
     extra = cap.install(per_image_seeds(extra_args, x))

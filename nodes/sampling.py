@@ -7,6 +7,8 @@ capture and per-image seeds live in :mod:`.host`, the mathematics in the library
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from comfy_api.latest import io
 
 from . import host
@@ -19,8 +21,16 @@ def _coeff_combo(tooltip: str) -> io.Combo.Input:
                           default=host.AUTO, tooltip=tooltip)
 
 
-def _afs(value: str) -> bool | None:
-    return {"auto": None, "on": True, "off": False}[value]
+def _afs_combo(**tooltip: str) -> io.Combo.Input:
+    return io.Combo.Input("afs", options=["auto", "on", "off"], default="auto", **tooltip)
+
+
+def _ksampler(sample_fn: Callable, coefficients: str, afs: str, **options: float) -> io.NodeOutput:
+    """A SAMPLER node's output: ComfyUI's KSAMPLER over ``sample_fn`` with the chosen coefficients and AFS."""
+    import comfy.samplers
+
+    opts = {"coeffs": host.choice(coefficients), "afs": {"auto": None, "on": True, "off": False}[afs], **options}
+    return io.NodeOutput(comfy.samplers.KSAMPLER(sample_fn, extra_options=opts))
 
 
 class AdaSDESampler(io.ComfyNode):
@@ -35,8 +45,7 @@ class AdaSDESampler(io.ComfyNode):
             inputs=[
                 _coeff_combo("'auto' picks a file for the model's family, prediction type and sigma grid; "
                              "'untrained' = AdaSDE with r=0.5, a=c=1, gamma=0 (DPM-Solver-2)."),
-                io.Combo.Input("afs", options=["auto", "on", "off"], default="auto",
-                               tooltip="Analytical first step (saves one model call); 'auto' = as trained."),
+                _afs_combo(tooltip="Analytical first step (saves one model call); 'auto' = as trained."),
                 io.Float.Input("s_noise", default=1.0, min=0.0, max=2.0, step=0.01,
                                tooltip="Scale of the churn noise (1 = as trained, 0 = deterministic)."),
             ],
@@ -45,10 +54,7 @@ class AdaSDESampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, coefficients: str, afs: str, s_noise: float) -> io.NodeOutput:
-        import comfy.samplers
-
-        opts = {"coeffs": host.choice(coefficients), "afs": _afs(afs), "s_noise": float(s_noise)}
-        return io.NodeOutput(comfy.samplers.KSAMPLER(host.comfy_sample_adasde, extra_options=opts))
+        return _ksampler(host.comfy_sample_adasde, coefficients, afs, s_noise=float(s_noise))
 
 
 class AMEDSampler(io.ComfyNode):
@@ -62,17 +68,14 @@ class AMEDSampler(io.ComfyNode):
                         "bottleneck (SD1.x/SDXL) through an output-block patch on a copy of the model options.",
             inputs=[
                 _coeff_combo("AMED coefficient file; 'auto' picks one for the model and sigma grid."),
-                io.Combo.Input("afs", options=["auto", "on", "off"], default="auto"),
+                _afs_combo(),
             ],
             outputs=[io.Sampler.Output()],
         )
 
     @classmethod
     def execute(cls, coefficients: str, afs: str) -> io.NodeOutput:
-        import comfy.samplers
-
-        opts = {"coeffs": host.choice(coefficients), "afs": _afs(afs)}
-        return io.NodeOutput(comfy.samplers.KSAMPLER(host.comfy_sample_amed, extra_options=opts))
+        return _ksampler(host.comfy_sample_amed, coefficients, afs)
 
 
 class AdaSDESigmas(io.ComfyNode):

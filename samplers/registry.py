@@ -8,27 +8,19 @@ from typing import Any
 import torch
 
 from ..errors import UsageError
+from . import baselines
 from .adasde import resolve_tables, sample_adasde
 from .amed import sample_amed, sample_amed_plugin
-from .baselines import (
-    sample_dpm_2,
-    sample_dpmpp_2m,
-    sample_dpmpp_3m,
-    sample_euler,
-    sample_heun,
-    sample_ipndm,
-    sample_unipc,
-)
 from .common import prepare_grid
 
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
-    "euler": sample_euler,
-    "heun": sample_heun,
-    "dpm_2": sample_dpm_2,
-    "dpmpp_2m": sample_dpmpp_2m,
-    "dpmpp_3m": sample_dpmpp_3m,
-    "ipndm": sample_ipndm,
-    "unipc": sample_unipc,
+    "euler": baselines.sample_euler,
+    "heun": baselines.sample_heun,
+    "dpm_2": baselines.sample_dpm_2,
+    "dpmpp_2m": baselines.sample_dpmpp_2m,
+    "dpmpp_3m": baselines.sample_dpmpp_3m,
+    "ipndm": baselines.sample_ipndm,
+    "unipc": baselines.sample_unipc,
     "adasde": sample_adasde,
     "amed": sample_amed,
     "amed_plugin": sample_amed_plugin,

@@ -186,6 +186,31 @@ class _EDMUNet(nn.Module):
     enc: nn.ModuleDict
     dec: nn.ModuleDict
 
+    def _encoder_blocks(self, r: int, count: int, cin: int, channels: int, attention: bool, blk: dict,
+                        skips: list[int]) -> int:
+        """Append one encoder level's ``count`` blocks, the same in both networks, recording each output width in
+        ``skips``; returns the width out of the level."""
+        for i in range(count):
+            self.enc[f"{r}x{r}_block{i}"] = UNetBlock(cin, channels, attention=attention, **blk)
+            cin = channels
+            skips.append(channels)
+        return cin
+
+    def _decoder_level(self, r: int, lowest: bool, count: int, cin: int, channels: int, attend: Sequence[int],
+                       blk: dict, skips: list[int]) -> int:
+        """Append one decoder level, laid out alike in both networks: at the lowest resolution two middle blocks (the
+        first with attention), elsewhere one upsampling block; then ``count`` blocks, each taking the next skip
+        connection from ``skips``, with attention in the blocks numbered in ``attend``. Returns the output width."""
+        if lowest:
+            self.dec[f"{r}x{r}_in0"] = UNetBlock(cin, cin, attention=True, **blk)
+            self.dec[f"{r}x{r}_in1"] = UNetBlock(cin, cin, **blk)
+        else:
+            self.dec[f"{r}x{r}_up"] = UNetBlock(cin, cin, up=True, **blk)
+        for i in range(count):
+            self.dec[f"{r}x{r}_block{i}"] = UNetBlock(cin + skips.pop(), channels, attention=i in attend, **blk)
+            cin = channels
+        return cin
+
     def _labels(self, emb: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor | None:
         if self.map_label is None:
             return None
@@ -238,24 +263,15 @@ class SongUNet(_EDMUNet):
                     self.enc[f"{r}x{r}_aux_residual"] = Conv2d(caux, cout, 3, down=True,
                                                                resample_filter=resample_filter, fused_resample=True)
                     caux = cout
-            for i in range(num_blocks):
-                cin, cout = cout, model_channels * mult
-                self.enc[f"{r}x{r}_block{i}"] = UNetBlock(cin, cout, attention=r in attn_resolutions, **blk)
-                skips.append(cout)
+            cout = self._encoder_blocks(r, num_blocks, cout, model_channels * mult, r in attn_resolutions, blk, skips)
 
         self.dec = nn.ModuleDict()
         last = len(channel_mult) - 1
         for level in range(last, -1, -1):
             mult, r = channel_mult[level], img_resolution >> level
-            if level == last:
-                self.dec[f"{r}x{r}_in0"] = UNetBlock(cout, cout, attention=True, **blk)
-                self.dec[f"{r}x{r}_in1"] = UNetBlock(cout, cout, **blk)
-            else:
-                self.dec[f"{r}x{r}_up"] = UNetBlock(cout, cout, up=True, **blk)
-            for i in range(num_blocks + 1):
-                cin, cout = cout + skips.pop(), model_channels * mult
-                self.dec[f"{r}x{r}_block{i}"] = UNetBlock(cin, cout, attention=(i == num_blocks and r in
-                                                                                  attn_resolutions), **blk)
+            attend = (num_blocks,) if r in attn_resolutions else ()
+            cout = self._decoder_level(r, level == last, num_blocks + 1, cout, model_channels * mult, attend, blk,
+                                       skips)
             if decoder_type == "skip" or level == 0:
                 if decoder_type == "skip" and level < last:
                     self.dec[f"{r}x{r}_aux_up"] = Conv2d(out_channels, out_channels, 0, up=True,
@@ -335,23 +351,15 @@ class DhariwalUNet(_EDMUNet):
             else:
                 self.enc[f"{r}x{r}_down"] = UNetBlock(cout, cout, down=True, **blk)
             skips.append(cout)
-            for i in range(num_blocks):
-                cin, cout = cout, model_channels * mult
-                self.enc[f"{r}x{r}_block{i}"] = UNetBlock(cin, cout, attention=r in attn_resolutions, **blk)
-                skips.append(cout)
+            cout = self._encoder_blocks(r, num_blocks, cout, model_channels * mult, r in attn_resolutions, blk, skips)
 
         self.dec = nn.ModuleDict()
         last = len(channel_mult) - 1
         for level in range(last, -1, -1):
             mult, r = channel_mult[level], img_resolution >> level
-            if level == last:
-                self.dec[f"{r}x{r}_in0"] = UNetBlock(cout, cout, attention=True, **blk)
-                self.dec[f"{r}x{r}_in1"] = UNetBlock(cout, cout, **blk)
-            else:
-                self.dec[f"{r}x{r}_up"] = UNetBlock(cout, cout, up=True, **blk)
-            for i in range(num_blocks + 1):
-                cin, cout = cout + skips.pop(), model_channels * mult
-                self.dec[f"{r}x{r}_block{i}"] = UNetBlock(cin, cout, attention=r in attn_resolutions, **blk)
+            attend = range(num_blocks + 1) if r in attn_resolutions else ()
+            cout = self._decoder_level(r, level == last, num_blocks + 1, cout, model_channels * mult, attend, blk,
+                                       skips)
         self.out_norm = GroupNorm(cout)
         self.out_conv = Conv2d(cout, out_channels, 3)
         self.bottleneck: torch.Tensor | None = None
