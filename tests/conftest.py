@@ -1,5 +1,8 @@
-"""Shared pytest settings: offline hubs, one CPU thread per process (tests start servers and torchrun children that
-share the cores; oversubscribed OpenMP threads are far slower than one thread each), a fixed torch seed."""
+"""Shared pytest settings and fixtures: offline hubs, one CPU thread per process (tests start servers and torchrun
+children that share the cores; oversubscribed OpenMP threads are far slower than one thread each), a fixed torch
+seed; the session-wide ComfyUI server (``comfy``) and headless browser on it (``browser``), the reduced demo run
+(``reduced_demo``), and the model-folder fixtures of ``tests/helpers``.  Plain helpers live in ``tests/helpers``; no
+test module imports another."""
 
 from __future__ import annotations
 
@@ -9,8 +12,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from collections.abc import Iterator  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from helpers.chromium import CDP, devtools  # noqa: E402
+from helpers.comfyui import Server, require_comfyui  # noqa: E402
+from helpers.demo import DemoRun, run_reduced_demo  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -18,3 +26,32 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The real ComfyUI server (tests/helpers/comfyui.py), one subprocess per session."""
+    require_comfyui()
+    srv = Server(tmp_path_factory.mktemp("comfyui"))
+    try:
+        srv.start()
+    except Exception:
+        srv.stop()
+        raise
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def browser(comfy: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CDP]:
+    """One headless Chromium page for the ComfyUI frontend."""
+    with devtools(tmp_path_factory.mktemp("chromium"), "--window-size=1400,1100") as cdp:
+        yield cdp
+
+
+@pytest.fixture(scope="session")
+def reduced_demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """The reduced ``adasde demo`` run (tests/helpers/demo.py), once per session; fails when the run failed."""
+    run = run_reduced_demo(tmp_path_factory.mktemp("demo"))
+    assert run.rc == 0, f"adasde demo failed (rc {run.rc}):\n{run.stdout}\n{run.stderr}"
+    return run
