@@ -1,8 +1,9 @@
 """Shared pytest settings and fixtures: offline hubs, one CPU thread per process (tests start servers and torchrun
 children that share the cores; oversubscribed OpenMP threads are far slower than one thread each), a fixed torch
 seed; the session-wide ComfyUI server (``comfy``) and headless browser on it (``browser``), the reduced demo run
-(``reduced_demo``), and the model-folder fixtures of ``tests/helpers``.  Plain helpers live in ``tests/helpers``; no
-test module imports another."""
+(``reduced_demo``) and the tiny diffusers folders of ``tests/helpers`` (``ddpm_dir``, ``sd_dir``, ``sd3_dir``,
+``flux_dir``; their helper modules import diffusers, so they load on first use).  Plain helpers live in
+``tests/helpers``; no test module imports another."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -55,3 +57,30 @@ def reduced_demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
     run = run_reduced_demo(tmp_path_factory.mktemp("demo"))
     assert run.rc == 0, f"adasde demo failed (rc {run.rc}):\n{run.stdout}\n{run.stderr}"
     return run
+
+
+# ------------------------------------------------------------------------ tiny diffusers folders (tests/helpers)
+def _folder(factory: pytest.TempPathFactory, module: str, make: str, name: str) -> Path:
+    import importlib
+
+    return getattr(importlib.import_module(module), make)(factory.mktemp(name) / "pipe")
+
+
+@pytest.fixture(scope="session")
+def ddpm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _folder(tmp_path_factory, "helpers.diffusers_models", "make_ddpm_folder", "ddpm")
+
+
+@pytest.fixture(scope="session")
+def sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _folder(tmp_path_factory, "helpers.diffusers_models", "make_sd_folder", "sd")
+
+
+@pytest.fixture(scope="session")
+def sd3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _folder(tmp_path_factory, "helpers.flow_models", "make_sd3_folder", "sd3")
+
+
+@pytest.fixture(scope="session")
+def flux_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _folder(tmp_path_factory, "helpers.flow_models", "make_flux_folder", "flux")
