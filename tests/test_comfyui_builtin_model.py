@@ -30,9 +30,10 @@ pytestmark = [pytest.mark.comfyui]
 
 
 def _host_module():
-    """``nodes/host.py`` loaded on its own (its top level imports only torch and the standard library), for the seed
+    """``nodes/host.py`` loaded as a module of the ``adasde`` package without ``nodes/__init__.py`` (which imports
+    ComfyUI; the host module's top level imports only torch, the standard library and the core), for the seed
     derivation the ComfyUI adapter uses."""
-    spec = importlib.util.spec_from_file_location("_adasde_host_for_test", REPO / "nodes" / "host.py")
+    spec = importlib.util.spec_from_file_location("adasde.nodes.host", REPO / "nodes" / "host.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
