@@ -60,27 +60,19 @@ def reduced_demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
 
 
 # ------------------------------------------------------------------------ tiny diffusers folders (tests/helpers)
-def _folder(factory: pytest.TempPathFactory, module: str, make: str, name: str) -> Path:
-    import importlib
+def _folder_fixture(module: str, make: str, name: str):
+    """A session fixture ``NAME_dir``: the folder ``module.make(path)`` writes, built once per session."""
 
-    return getattr(importlib.import_module(module), make)(factory.mktemp(name) / "pipe")
+    @pytest.fixture(scope="session", name=f"{name}_dir")
+    def _folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+        import importlib
 
+        return getattr(importlib.import_module(module), make)(tmp_path_factory.mktemp(name) / "pipe")
 
-@pytest.fixture(scope="session")
-def ddpm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _folder(tmp_path_factory, "helpers.diffusers_models", "make_ddpm_folder", "ddpm")
-
-
-@pytest.fixture(scope="session")
-def sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _folder(tmp_path_factory, "helpers.diffusers_models", "make_sd_folder", "sd")
+    return _folder
 
 
-@pytest.fixture(scope="session")
-def sd3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _folder(tmp_path_factory, "helpers.flow_models", "make_sd3_folder", "sd3")
-
-
-@pytest.fixture(scope="session")
-def flux_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _folder(tmp_path_factory, "helpers.flow_models", "make_flux_folder", "flux")
+ddpm_dir = _folder_fixture("helpers.diffusers_models", "make_ddpm_folder", "ddpm")
+sd_dir = _folder_fixture("helpers.diffusers_models", "make_sd_folder", "sd")
+sd3_dir = _folder_fixture("helpers.flow_models", "make_sd3_folder", "sd3")
+flux_dir = _folder_fixture("helpers.flow_models", "make_flux_folder", "flux")

@@ -4,7 +4,8 @@ ComfyUI comes from ``tools/install_comfyui.sh`` (``$ADASDE_COMFYUI_DIR``, defaul
 root is loaded as a custom node through the ``custom_nodes:`` key of an extra_model_paths yaml (a symlink named
 ``adasde``), next to the test pack ``tests/comfy_test_pack`` (tiny random SD1.5-shaped model).  Everything talks to
 the server over HTTP (POST /prompt, GET /history, GET /object_info, POST /interrupt) plus one websocket for toasts;
-``tests/helpers/comfyui.py`` holds the server driver and the graph builders.
+``tests/helpers/comfyui.py`` holds the server driver and the graph builders, tests/conftest.py the session fixtures
+``comfy`` (the server) and ``browser`` (headless Chromium on its frontend).
 
 Without ComfyUI the tests skip, except in CI (``CI=true``), where a missing ComfyUI fails.
 """
