@@ -12,14 +12,6 @@ from adasde.builtin.data import load_fmnist_uint8
 from adasde.loaders import ModelSpecError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def test_subset() -> tuple[torch.Tensor, torch.Tensor]:
     x, y = load_fmnist_uint8("test")

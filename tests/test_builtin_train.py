@@ -16,15 +16,6 @@ TINY = {"channels": [8, 16, 16], "blocks": [1, 1, 1], "mid_blocks": 1, "emb_dim"
         "groups": 4}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: small ops gain nothing from two, and the shared CI machine is oversubscribed."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def tiny_data() -> torch.Tensor:
     g = torch.Generator().manual_seed(1)

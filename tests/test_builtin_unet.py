@@ -9,14 +9,6 @@ from adasde.builtin.unet import FMNISTDenoiser, UNetConfig, edm_precond
 from adasde.models import load_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def model() -> FMNISTDenoiser:
     return load_model("builtin:fmnist")

@@ -1,12 +1,13 @@
-# ruff: noqa: F811 - ``comfy`` is the session fixture imported from test_comfyui_server
 """The ``AdaSDE Built-in Model`` nodes on the real ComfyUI server: the example workflow
-``workflows/adasde_builtin_fmnist_api.json`` (KSampler adasde with the shipped coefficients vs euler) runs, and its
-adasde images are the library's prediction for the same starting noise, not untrained AdaSDE's.
+``workflows/adasde_builtin_fmnist_api.json`` (KSampler adasde + scheduler adasde at 3 steps with the shipped NFE-5
+coefficients vs euler at 5 steps: 5 network calls each) runs, and its adasde images are the library's prediction for
+the same starting noise, not untrained AdaSDE's.
 
-The prediction reproduces what ComfyUI does before it calls the sampler: the initial noise is ``torch.randn`` of the
-latent shape from ``torch.manual_seed(seed)``; at the model's sigma_max it is scaled by sqrt(1 + sigma_max^2)
-(ComfyUI's ``max_denoise`` noise scaling); the churn seeds are derived per image by ``nodes/host.per_image_seeds``;
-SaveImage truncates ``255 * image`` to uint8.
+The prediction reproduces what ComfyUI does before it calls the sampler: the grid is the policy's plan for the model
+at the workflow's step count (``steps + 1`` sigmas of the shipped file, no trailing 0: docs/HOSTS.md, the ``adasde``
+scheduler); the initial noise is ``torch.randn`` of the latent shape from ``torch.manual_seed(seed)``; at the model's
+sigma_max it is scaled by sqrt(1 + sigma_max^2) (ComfyUI's ``max_denoise`` noise scaling); the churn seeds are
+derived per image by ``nodes/host.per_image_seeds``; SaveImage truncates ``255 * image`` to uint8.
 """
 
 from __future__ import annotations
@@ -14,21 +15,25 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 
 import numpy as np
 import pytest
 import torch
+from helpers.comfyui import REPO, Server, options
+from helpers.plans import plan_record, same_plan
 from PIL import Image
-from test_comfyui_server import REPO, Server, comfy, options  # noqa: F401 - the session fixture
 
 WORKFLOW = REPO / "workflows" / "adasde_builtin_fmnist_api.json"
+SHIPPED = "builtin-fmnist-adasde-nfe5.safetensors"
 pytestmark = [pytest.mark.comfyui]
 
 
 def _host_module():
-    """``nodes/host.py`` loaded on its own (its top level imports only torch and the standard library), for the seed
+    """``nodes/host.py`` loaded as a module of the ``adasde`` package without ``nodes/__init__.py`` (which imports
+    ComfyUI; the host module's top level imports only torch, the standard library and the core), for the seed
     derivation the ComfyUI adapter uses."""
-    spec = importlib.util.spec_from_file_location("_adasde_host_for_test", REPO / "nodes" / "host.py")
+    spec = importlib.util.spec_from_file_location("adasde.nodes.host", REPO / "nodes" / "host.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -40,14 +45,22 @@ def _saved_images(comfy: Server, entry: dict, node: str) -> np.ndarray:
     return np.stack(arrs).astype(np.int16)
 
 
-def _predicted(seed: int, batch: int, coeffs) -> np.ndarray:
-    """uint8 images the library gives for ComfyUI's noise of ``seed`` with ``coeffs`` (None = untrained)."""
+def _plan(steps: int):
+    """The policy's AdaSDE plan for the built-in model at ``steps`` (what the ``adasde`` scheduler emits)."""
     from adasde.models import load_model
-    from adasde.samplers import append_zero, sample_adasde
+    from adasde.policy import plan
+
+    return plan(load_model("builtin:fmnist"), "adasde", steps=steps)
+
+
+def _predicted(seed: int, batch: int, steps: int, coeffs) -> np.ndarray:
+    """uint8 images the library gives for ComfyUI's noise of ``seed`` on the plan's grid for ``steps`` with
+    ``coeffs`` (None = untrained)."""
+    from adasde.models import load_model
+    from adasde.samplers import sample_adasde
 
     model = load_model("builtin:fmnist")
-    grid = load_shipped().sigmas.flatten().to(torch.float32)
-    sigmas = append_zero(grid)
+    sigmas = _plan(steps).sigmas.to(torch.float32)
     noise = torch.randn((batch, 1, 28, 28), dtype=torch.float32, generator=torch.manual_seed(seed))
     x = noise * torch.sqrt(1.0 + sigmas[0] ** 2.0)
     extra = _host_module().per_image_seeds({"seed": seed}, x)
@@ -60,7 +73,7 @@ def _predicted(seed: int, batch: int, coeffs) -> np.ndarray:
 def load_shipped():
     from adasde.coefficients import load
 
-    return load(REPO / "coefficients" / "data" / "builtin-fmnist-adasde-nfe5.safetensors")
+    return load(REPO / "coefficients" / "data" / SHIPPED)
 
 
 def test_builtin_model_nodes_are_registered(comfy: Server) -> None:
@@ -78,17 +91,28 @@ def test_builtin_workflow_adasde_matches_the_library_and_beats_untrained(comfy: 
     graph["2"]["inputs"]["batch_size"] = batch
     for ks in ("3", "4"):
         graph[ks]["inputs"]["seed"] = seed
+    steps = graph["3"]["inputs"]["steps"]
+    # the workflow compares the samplers at equal cost: 3 AdaSDE steps with AFS (the NFE-5 file) vs 5 euler steps
+    assert (steps, graph["3"]["inputs"]["scheduler"], graph["4"]["inputs"]["steps"]) == (3, "adasde", 5)
+    want = _plan(steps)
+    assert want.nfe == 5 and len(want.sigmas) == steps + 1 and float(want.sigmas[-1]) > 0
+    assert want.coeffs_path is not None and os.path.basename(want.coeffs_path) == SHIPPED
+    torch.testing.assert_close(want.sigmas, load_shipped().sigmas.flatten().double())
+    mark = comfy.mark()
     entry = comfy.run(graph, timeout=300)
     got = _saved_images(comfy, entry, "7")
     euler = _saved_images(comfy, entry, "8")
     assert got.shape == euler.shape == (batch, 28, 28)
-    assert "using coefficients builtin-fmnist-adasde-nfe5.safetensors" in comfy.tail(400)
+    # one plan logged (euler is not ours): the shipped file on its whole trained grid, no trailing 0
+    (logged,) = comfy.plans_since(mark)
+    assert logged["coefficients"] is not None and os.path.basename(logged["coefficients"]) == SHIPPED, logged
+    assert same_plan(plan_record(logged), plan_record(want)), (plan_record(logged), plan_record(want))
     # the shipped folder is listed for the sampler nodes once the loader ran
     combo = options(comfy.object_info("AdaSDESampler")["input"]["required"]["coefficients"])
     assert "builtin-fmnist-adasde-nfe5.safetensors" in combo
 
-    trained = _predicted(seed, batch, load_shipped())
-    untrained = _predicted(seed, batch, None)
+    trained = _predicted(seed, batch, steps, load_shipped())
+    untrained = _predicted(seed, batch, steps, None)
     d_trained = np.abs(got - trained)
     d_untrained = np.abs(got - untrained)
     # ComfyUI's denoiser is our EDM model up to float rounding: at most a couple of grey levels anywhere

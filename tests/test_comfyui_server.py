@@ -4,7 +4,8 @@ ComfyUI comes from ``tools/install_comfyui.sh`` (``$ADASDE_COMFYUI_DIR``, defaul
 root is loaded as a custom node through the ``custom_nodes:`` key of an extra_model_paths yaml (a symlink named
 ``adasde``), next to the test pack ``tests/comfy_test_pack`` (tiny random SD1.5-shaped model).  Everything talks to
 the server over HTTP (POST /prompt, GET /history, GET /object_info, POST /interrupt) plus one websocket for toasts;
-``tests/helpers/comfyui.py`` holds the server driver and the graph builders.
+``tests/helpers/comfyui.py`` holds the server driver and the graph builders, tests/conftest.py the session fixtures
+``comfy`` (the server) and ``browser`` (headless Chromium on its frontend).
 
 Without ComfyUI the tests skip, except in CI (``CI=true``), where a missing ComfyUI fails.
 """
@@ -13,31 +14,27 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from helpers.chromium import CDP
 from helpers.comfyui import (
     REPO,
     SD15_SIGMA_MAX,
     SD15_SIGMA_MIN,
-    SIZE,
     TRAINED_FILE,
     Server,
-    _free_port,
     close,
     coefficient_dirs,
     custom_graph,
     direct_node,
+    distill_graph,
     empty_latent,
     ksampler_graph,
     options,
-    require_comfyui,
     sd15_info,
     stats_node,
     stats_of,
@@ -47,19 +44,6 @@ from helpers.comfyui import (
 from helpers.plans import plan_record, same_plan, save_plans
 
 pytestmark = [pytest.mark.comfyui]
-
-
-@pytest.fixture(scope="session")
-def comfy(tmp_path_factory: pytest.TempPathFactory) -> Server:
-    require_comfyui()
-    srv = Server(tmp_path_factory.mktemp("comfyui"))
-    try:
-        srv.start()
-    except Exception:
-        srv.stop()
-        raise
-    yield srv
-    srv.stop()
 
 
 # ------------------------------------------------------------------------------------------------------ tests
@@ -119,22 +103,6 @@ def test_ksampler_fallback_warns_and_runs(comfy: Server) -> None:
     toasts = comfy.toasts_since(mark)
     assert toasts is None or toasts == want.notes, toasts
 
-
-def distill_graph(name: str, trajectories: int, batch: int = 2, steps: int = 2, seed: int = 0) -> dict:
-    return {
-        "m": toy(),
-        "d": {"class_type": "AdaSDEDistill", "inputs": {
-            "model": ["m", 0], "positive": ["m", 1], "negative": ["m", 2], "prompts": "", "cfg": 2.0,
-            "width": SIZE, "height": SIZE, "steps": steps, "target_nfe": 0, "teacher_M": 1, "batch": batch,
-            "trajectories": trajectories, "teacher": "euler", "learning_rate": 0.05, "afs": True, "seed": seed,
-            "file_name": name, "resume": True}},
-        "lat": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}},
-        "sc": {"class_type": "SamplerCustom", "inputs": {
-            "model": ["m", 0], "add_noise": True, "noise_seed": 1, "cfg": 2.0, "positive": ["m", 1],
-            "negative": ["m", 2], "sampler": ["d", 0], "sigmas": ["d", 1], "latent_image": ["lat", 0]}},
-        "stats": {"class_type": "AdaSDETestLatentStats", "inputs": {"samples": ["sc", 0]}},
-        "chart": {"class_type": "PreviewImage", "inputs": {"images": ["d", 2]}},
-    }
 
 
 def test_distill_node_writes_listed_file_and_outputs(comfy: Server) -> None:
@@ -271,89 +239,6 @@ def test_fid_nodes_reference_and_accumulation(comfy: Server) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ headless browser
-CHROMIUM = os.environ.get("ADASDE_CHROMIUM", "/usr/bin/chromium")
-
-
-class CDP:
-    """A minimal Chrome DevTools Protocol client (websocket-client) for one page target."""
-
-    def __init__(self, ws_url: str) -> None:
-        import websocket
-
-        self.ws = websocket.create_connection(ws_url, timeout=60, suppress_origin=True)
-        self.i = 0
-
-    def call(self, method: str, **params: Any) -> dict:
-        self.i += 1
-        self.ws.send(json.dumps({"id": self.i, "method": method, "params": params}))
-        while True:
-            msg = json.loads(self.ws.recv())
-            if msg.get("id") == self.i:
-                if "error" in msg:
-                    raise RuntimeError(f"{method}: {msg['error']}")
-                return msg.get("result", {})
-
-    def eval(self, expr: str, timeout: float = 30) -> Any:
-        r = self.call("Runtime.evaluate", expression=expr, awaitPromise=True, returnByValue=True,
-                      timeout=int(timeout * 1000))
-        if "exceptionDetails" in r:
-            raise RuntimeError(f"JS error in {expr[:80]!r}: {r['exceptionDetails']}")
-        return r["result"].get("value")
-
-    def wait_for(self, expr: str, timeout: float = 90) -> Any:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                v = self.eval(expr)
-            except RuntimeError:
-                v = None
-            if v:
-                return v
-            time.sleep(0.5)
-        raise TimeoutError(f"browser condition not met in {timeout} s: {expr}")
-
-    def close(self) -> None:
-        self.ws.close()
-
-
-@pytest.fixture(scope="session")
-def browser(comfy: Server, tmp_path_factory: pytest.TempPathFactory):
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"CI: Chromium not found at {CHROMIUM}")
-        pytest.skip(f"Chromium not found at {CHROMIUM}")
-    pytest.importorskip("websocket", reason="pip install websocket-client")
-    profile = tmp_path_factory.mktemp("chromium")
-    port = _free_port()
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={profile}", f"--remote-debugging-port={port}", "--remote-allow-origins=*",
-           "--window-size=1400,1100", "about:blank"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 60
-        targets = None
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as r:
-                    targets = [t for t in json.loads(r.read()) if t.get("type") == "page"]
-                if targets:
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            time.sleep(0.3)
-        assert targets, "Chromium DevTools endpoint did not come up"
-        cdp = CDP(targets[0]["webSocketDebuggerUrl"])
-        yield cdp
-        cdp.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 def _pink_pixels(png: bytes) -> int:
     import io
 

@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - ``comfy`` / ``browser`` are the session fixtures imported from test_comfyui_server
 """The frontend extension (web/adasde.js) in the real ComfyUI frontend, driven by headless Chromium: the FID value has
 its own row below the widgets, the distill chart has a legend and axis values, a finished distillation refreshes the
 coefficient lists without pressing R, and the built-in model workflow renders its images (screenshots go to
@@ -13,7 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_comfyui_server import CDP, REPO, Server, browser, comfy, distill_graph  # noqa: F401
+from helpers.chromium import CDP
+from helpers.comfyui import REPO, Server, distill_graph
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.chromium]
 

@@ -1,13 +1,13 @@
 """The offline demo report rendered in headless Chromium: the page is not blank, every sample
 grid image decodes, both inline SVG charts are laid out, and the chart lines are drawn in their palette colours.
 
-Uses the reduced demo run of tests/test_demo_run.py.  Skipped only when Chromium is missing outside CI.
+Uses the reduced demo run (the ``reduced_demo`` fixture, tests/conftest.py).  Skipped only when Chromium is missing
+outside CI.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -17,14 +17,13 @@ import numpy as np
 import pytest
 from adasde.demo.report import PALETTE
 from adasde.demo.run import DEMO_SOLVERS
+from helpers.chromium import FLAGS, chromium
+from helpers.demo import CHART_NFES, NFE, TRAINING_FREE, DemoRun
 from PIL import Image
-from test_demo_run import CHART_NFES, NFE, TRAINING_FREE, DemoRun, reduced_demo
 
 pytestmark = pytest.mark.chromium
 
 WIDTH, HEIGHT = 1200, 2400
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--hide-scrollbars", "--force-device-scale-factor=1"]
 
 # runs after load (all <img> from file:// are decoded by then) and records what the browser made of the page
 PROBE = """<script>
@@ -45,17 +44,6 @@ window.addEventListener("load", () => {
 </script>"""
 
 
-def _chromium() -> str:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if exe is None and os.path.exists("/usr/bin/chromium"):
-        exe = "/usr/bin/chromium"
-    if exe is None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("CI: headless Chromium is required for the report rendering test but was not found")
-        pytest.skip("Chromium not installed (apt-get install chromium); the report rendering test needs it")
-    return exe
-
-
 def _run(exe: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [exe, *FLAGS, f"--user-data-dir={profile}", f"--window-size={WIDTH},{HEIGHT}", *args]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
@@ -64,9 +52,9 @@ def _run(exe: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoRun, Path]:
+def page(reduced_demo: DemoRun, tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoRun, Path]:
     """A copy of the demo report folder (the probe page is written next to report.html there)."""
-    run = reduced_demo(tmp_path_factory)
+    run = reduced_demo
     copy = tmp_path_factory.mktemp("report") / "site"
     shutil.copytree(run.out, copy)
     return run, copy
@@ -74,7 +62,7 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoRun, Path]:
 
 @pytest.fixture(scope="module")
 def screenshot(page: tuple[DemoRun, Path], tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
-    exe = _chromium()
+    exe = chromium()
     _, site = page
     shot = tmp_path_factory.mktemp("shot") / "report.png"
     _run(exe, tmp_path_factory.mktemp("profile"), f"--screenshot={shot}", (site / "report.html").as_uri())
@@ -86,7 +74,7 @@ def screenshot(page: tuple[DemoRun, Path], tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture(scope="module")
 def probe(page: tuple[DemoRun, Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
-    exe = _chromium()
+    exe = chromium()
     _, site = page
     html = (site / "report.html").read_text(encoding="utf-8").replace("</body>", PROBE + "</body>")
     (site / "probe.html").write_text(html, encoding="utf-8")

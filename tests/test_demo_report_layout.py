@@ -1,8 +1,8 @@
 """The demo report at phone, tablet and desktop width in headless Chromium: no horizontal overflow of the page, the
 results table or the chart legend; the anchors (data floor, converged model) and the same-starting-noise rows are on
-the page.  The report is rebuilt from the reduced demo run of tests/test_demo_run.py with a same-noise section made
-of real samples (``demo.run._generate``: per-seed initial noise and churn noise, the converged Heun result as the
-reference row).  With ``$ADASDE_SCREENSHOT_DIR`` the three screenshots are kept there (docs/img)."""
+the page.  The report is rebuilt from the reduced demo run (``reduced_demo``, tests/conftest.py) with a same-noise
+section made of real samples (``demo.run._generate``: per-seed initial noise and churn noise, the converged Heun
+result as the reference row).  With ``$ADASDE_SCREENSHOT_DIR`` the three screenshots are kept there (docs/img)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from adasde.coefficients import load
 from adasde.demo import report
 from adasde.demo.run import DEMO_SOLVERS, DemoConfig, DemoResult, _generate, _write_report
+from helpers.chromium import BASE_FLAGS, FLAGS, devtools
+from helpers.demo import DemoRun
 from PIL import Image
-from test_demo_chromium import FLAGS, _chromium
-from test_demo_run import DemoRun, reduced_demo
 
 pytestmark = pytest.mark.chromium
 WIDTHS = (420, 900, 1400)
@@ -66,14 +65,14 @@ def _coeffs(run: DemoRun | None, folder: Path, nfe: int, quick: bool) -> dict:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of a demo report folder with report.html rewritten to include the same-noise rows: the reduced demo
-    run of tests/test_demo_run.py, or the finished ``adasde demo`` folder named by ``$ADASDE_REPORT_SITE`` (used
+    run (``reduced_demo``), or the finished ``adasde demo`` folder named by ``$ADASDE_REPORT_SITE`` (used
     for the screenshots in docs/img)."""
     from adasde.models import load_model
 
     given = os.environ.get("ADASDE_REPORT_SITE")
-    run = None if given else reduced_demo(tmp_path_factory)
+    run = None if given else request.getfixturevalue("reduced_demo")
     source = Path(given) if given else run.out
     site = tmp_path_factory.mktemp("layout") / "site"
     shutil.copytree(source, site)
@@ -91,7 +90,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
             for k in results["chart_nfes"]:
                 if (kind, k) not in all_coeffs and _shipped(kind, k) is not None:
                     all_coeffs[(kind, k)] = _shipped(kind, k)
-    torch.set_num_threads(1)
     model = load_model("builtin:fmnist")
     rows = {name: _generate(model, name, nfe, SEEDS, coeffs.get((name, nfe)), len(SEEDS), None)
             for name in DEMO_SOLVERS}
@@ -109,39 +107,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def cdp(tmp_path_factory: pytest.TempPathFactory):
     """One headless Chromium driven over the DevTools protocol: the viewport is set by device emulation, because a
     headless window cannot be made narrower than 500 px."""
-    import subprocess
-    import time
-    import urllib.request
-
-    pytest.importorskip("websocket", reason="pip install websocket-client")
-    from test_comfyui_server import CDP, _free_port
-
-    exe = _chromium()
-    port = _free_port()
-    proc = subprocess.Popen([exe, *FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('cdp')}",
-                             f"--remote-debugging-port={port}", "--remote-allow-origins=*", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        targets = None
-        deadline = time.time() + 60
-        while time.time() < deadline and not targets:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as r:
-                    targets = [t for t in json.loads(r.read()) if t.get("type") == "page"]
-            except OSError:
-                time.sleep(0.3)
-        assert targets, "Chromium DevTools endpoint did not come up"
-        client = CDP(targets[0]["webSocketDebuggerUrl"])
+    with devtools(tmp_path_factory.mktemp("cdp"), *FLAGS[len(BASE_FLAGS):]) as client:
         client.call("Page.enable")
         client.call("Runtime.enable")
         yield client
-        client.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def _render(cdp, site: Path, width: int, shot: Path | None = None) -> dict:

@@ -11,7 +11,6 @@ import torch
 from adasde.coefficients import Coefficients
 from adasde.models import load_model
 from adasde.samplers import CoefficientMismatchWarning, get_sigmas, sample_adasde
-from helpers.diffusers_models import sd_dir  # noqa: F401
 
 diffusers = pytest.importorskip("diffusers")
 from adasde.diffusers_scheduler import AdaSDEScheduler, AMEDPluginScheduler  # noqa: E402
@@ -20,12 +19,12 @@ PROMPTS = ["a cat", "dog"]
 
 
 @pytest.fixture(scope="module")
-def den(sd_dir):  # noqa: F811
+def den(sd_dir):
     return load_model(f"diffusers:{sd_dir}")
 
 
 @pytest.fixture(scope="module")
-def pipe(sd_dir):  # noqa: F811
+def pipe(sd_dir):
     p = diffusers.StableDiffusionPipeline.from_pretrained(sd_dir, local_files_only=True)
     p.set_progress_bar_config(disable=True)
     return p

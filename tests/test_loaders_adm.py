@@ -38,7 +38,6 @@ def _save(path: Path, cfg: ADMConfig, seed: int = 0) -> Path:
 
 @pytest.fixture(autouse=True)
 def _env(tmp_path, monkeypatch):
-    torch.set_num_threads(1)
     monkeypatch.chdir(tmp_path)
     yield
     assert not (tmp_path / MARKER).exists()

@@ -12,16 +12,16 @@ import torch
 from adasde.loaders import ModelSpecError
 from adasde.models import load_model
 from adasde.samplers import get_sigmas, sample_adasde
-from helpers.diffusers_models import ddpm_dir, make_ddpm_folder, make_sdxl_folder, sd_dir, tiny_unet2d  # noqa: F401
+from helpers.diffusers_models import make_ddpm_folder, make_sdxl_folder, tiny_unet2d
 
 
 @pytest.fixture(scope="module")
-def ddpm(ddpm_dir):  # noqa: F811
+def ddpm(ddpm_dir):
     return load_model(f"diffusers:{ddpm_dir}")
 
 
 @pytest.fixture(scope="module")
-def sd(sd_dir):  # noqa: F811
+def sd(sd_dir):
     return load_model(f"diffusers:{sd_dir}")
 
 
@@ -163,7 +163,7 @@ def test_distill_accepts_diffusers_denoisers(ddpm, sd) -> None:
         assert co.model.family == den.family
 
 
-def test_folder_errors_name_the_file(tmp_path: Path, ddpm_dir: Path, sd_dir: Path) -> None:  # noqa: F811
+def test_folder_errors_name_the_file(tmp_path: Path, ddpm_dir: Path, sd_dir: Path) -> None:
     with pytest.raises(ModelSpecError, match="no scheduler config"):
         tiny_unet2d().save_pretrained(tmp_path / "bare")
         load_model(f"diffusers:{tmp_path / 'bare'}")
@@ -193,7 +193,7 @@ def test_folder_errors_name_the_file(tmp_path: Path, ddpm_dir: Path, sd_dir: Pat
         load_model(f"diffusers:{w.parent / 'config.json'}")
 
 
-def test_reduced_precision_weights(ddpm_dir: Path) -> None:  # noqa: F811
+def test_reduced_precision_weights(ddpm_dir: Path) -> None:
     bf = load_model(f"diffusers:{ddpm_dir}", dtype=torch.bfloat16)
     assert bf.dtype == torch.bfloat16
     x = torch.randn(2, 3, 8, 8)
@@ -225,7 +225,7 @@ def test_latent_pipeline_with_vqvae(tmp_path: Path) -> None:
     torch.testing.assert_close(img, ((ref + 1) / 2).clamp(0, 1), atol=1e-5, rtol=1e-5)
 
 
-def test_fixture_folders_are_offline_diffusers_layouts(ddpm_dir: Path, sd_dir: Path) -> None:  # noqa: F811
+def test_fixture_folders_are_offline_diffusers_layouts(ddpm_dir: Path, sd_dir: Path) -> None:
     assert json.loads((ddpm_dir / "model_index.json").read_text())["_class_name"] == "DDPMPipeline"
     idx = json.loads((sd_dir / "model_index.json").read_text())
     assert idx["_class_name"] == "StableDiffusionPipeline"

@@ -172,7 +172,6 @@ def _marker_guard(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("precond,arch", [("EDMPrecond", "ddpmpp"), ("VPPrecond", "ddpmpp"), ("VEPrecond", "ncsnpp")])
 def test_song_unet_pickle_matches_preconditioning(tmp_path, precond, arch):
-    torch.set_num_threads(1)
     kw = SONG if arch == "ddpmpp" else NCSN
     net = _net("song", kw)
     f = write_edm_pickle(tmp_path / "edm-cifar10-32x32-uncond-vp.pkl", net, kw, precond, PRECONDS[precond],
@@ -202,7 +201,6 @@ def test_song_unet_pickle_matches_preconditioning(tmp_path, precond, arch):
 def test_adm_conditional_pickle_sample_and_distill(tmp_path):
     from adasde.distill import distill
 
-    torch.set_num_threads(1)
     net = _net("adm", ADM, seed=1)
     f = write_edm_pickle(tmp_path / "edm-imagenet-64x64-cond-adm.pkl", net, ADM, "EDMPrecond",
                          PRECONDS["EDMPrecond"], src=_payload(tmp_path / MARKER), label_dim=10)
@@ -235,7 +233,6 @@ def test_adm_conditional_pickle_sample_and_distill(tmp_path):
 def test_uncond_distill_and_dtype(tmp_path):
     from adasde.distill import distill
 
-    torch.set_num_threads(1)
     f = write_edm_pickle(tmp_path / "edm-ffhq-64x64-uncond-vp.pkl", _net("song", SONG), SONG, "EDMPrecond",
                          PRECONDS["EDMPrecond"], src=_payload(tmp_path / MARKER))
     den = load_model(f"edm:{f}")

@@ -13,7 +13,6 @@ import torch
 from adasde.loaders import ModelSpecError
 from adasde.models import load_model
 from adasde.samplers import get_sigmas, sample_adasde
-from helpers.flow_models import flux_dir, sd3_dir  # noqa: F401
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -35,7 +34,7 @@ def _check_shift_aware(den, sched, n: int, **kw) -> None:
     torch.testing.assert_close(_default_sigmas(den, n, float(ref[-1])), ref, atol=1e-3, rtol=0)
 
 
-def test_sd3_denoiser_shift_and_schedule(sd3_dir: Path) -> None:  # noqa: F811
+def test_sd3_denoiser_shift_and_schedule(sd3_dir: Path) -> None:
     den = load_model(f"diffusers:{sd3_dir}")
     assert (den.family, den.flow, den.prediction, den.flow_shift) == ("sd3", True, "flow", 3.0)
     assert den.sample_shape == (4, 8, 8) and den.sigma_max == 1.0
@@ -64,7 +63,7 @@ def test_sd3_denoiser_shift_and_schedule(sd3_dir: Path) -> None:  # noqa: F811
     assert den.bottleneck().shape == (1, 16, 4, 4)  # hidden tokens of the middle block on the 4 x 4 patch grid
 
 
-def test_flux_denoiser_packed_latents_guidance_and_dynamic_shift(flux_dir: Path) -> None:  # noqa: F811
+def test_flux_denoiser_packed_latents_guidance_and_dynamic_shift(flux_dir: Path) -> None:
     from diffusers.pipelines.flux.pipeline_flux import FluxPipeline, calculate_shift
 
     den = load_model(f"diffusers:{flux_dir}", image_size=16)
@@ -92,7 +91,7 @@ def test_flux_denoiser_packed_latents_guidance_and_dynamic_shift(flux_dir: Path)
 
 
 @pytest.mark.parametrize("which", ["sd3", "flux"])
-def test_flow_pipelines_sample_and_distil(sd3_dir: Path, flux_dir: Path, which: str) -> None:  # noqa: F811
+def test_flow_pipelines_sample_and_distil(sd3_dir: Path, flux_dir: Path, which: str) -> None:
     from adasde.distill import distill
     from adasde.loaders.prompts import PromptCondition
 
@@ -120,7 +119,7 @@ class _Payload:
         return (Path.write_text, (self.marker, "executed"))
 
 
-def test_flow_folder_errors_and_pickled_weights(sd3_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_flow_folder_errors_and_pickled_weights(sd3_dir: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     shutil.copytree(sd3_dir, bad)
     marker = tmp_path / "marker"

@@ -17,7 +17,6 @@ from adasde.cli import main
 from adasde.loaders import ModelSpecError
 from adasde.loaders.prompts import PromptCondition, prompts_for_seeds, read_prompts
 from adasde.models import load_model
-from helpers.diffusers_models import ddpm_dir, sd_dir  # noqa: F401
 from PIL import Image
 
 
@@ -40,7 +39,7 @@ def test_prompt_files(tmp_path: Path) -> None:
         read_prompts(tmp_path / "missing.txt")
 
 
-def test_sample_sd_with_prompts_writes_images_and_grid(sd_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_sample_sd_with_prompts_writes_images_and_grid(sd_dir: Path, tmp_path: Path) -> None:
     from adasde.coefficients import Coefficients, ModelIdentity, save
     from adasde.samplers import get_sigmas
 
@@ -70,7 +69,7 @@ def test_sample_sd_with_prompts_writes_images_and_grid(sd_dir: Path, tmp_path: P
         load_model(f"diffusers:{sd_dir}/unet")
 
 
-def test_prompts_on_a_pixel_model_is_a_clear_error(ddpm_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_prompts_on_a_pixel_model_is_a_clear_error(ddpm_dir: Path, tmp_path: Path) -> None:
     from adasde.generate.sample import sample_images
 
     with pytest.raises(ModelSpecError, match="not a text-to-image model"):
@@ -85,7 +84,7 @@ def _torchrun(args: list[str], nproc: int, cwd: Path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
 
 
-def test_two_gloo_processes_equal_one(ddpm_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_two_gloo_processes_equal_one(ddpm_dir: Path, tmp_path: Path) -> None:
     args = ["sample", "--model", f"diffusers:{ddpm_dir}", "--sampler", "adasde", "--nfe", "5", "--seeds", "0-4",
             "--batch", "2", "--no-progress", "--device", "cpu"]
     assert main([*args, "--out", str(tmp_path / "one"), "--grid", str(tmp_path / "one.png")]) == 0
@@ -99,7 +98,7 @@ def test_two_gloo_processes_equal_one(ddpm_dir: Path, tmp_path: Path) -> None:  
     assert g1.shape == g2.shape and np.abs(g1 - g2).max() <= 1
 
 
-def test_single_file_layouts_and_errors(sd_dir: Path, ddpm_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_single_file_layouts_and_errors(sd_dir: Path, ddpm_dir: Path, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
     ref = load_model(f"diffusers:{sd_dir}")

@@ -14,10 +14,8 @@ from adasde.samplers import CoefficientMismatchWarning, SeededNoise, get_sigmas,
 from adasde.samplers.adasde import adasde_step
 from adasde.samplers.baselines import sample_dpm_2
 from adasde.samplers.common import churn
-from test_samplers_contract import _coeffs
-from test_samplers_fixtures import Counted, DiagGaussian, one_thread  # noqa: F401
+from helpers.samplers import Counted, DiagGaussian, trained_record
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 GRID = get_sigmas("time_uniform", 6, 0.002, 80.0, dtype=torch.float64)
 
 
@@ -63,7 +61,7 @@ def _x(batch: int = 2, seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize("K", [1, 2])
 @pytest.mark.parametrize("afs", [True, False])
 def test_trained_grid_matches_section_3_2(K: int, afs: bool) -> None:
-    co = _coeffs(GRID, K=K, afs=afs)
+    co = trained_record(GRID, K=K, afs=afs)
     model, x = DiagGaussian(), _x()
     noise = Recorder(tuple(x.shape))
     out = sample_adasde(model, x.clone(), GRID, coeffs=co, noise_sampler=noise, disable=True)
@@ -75,7 +73,7 @@ def test_trained_grid_matches_section_3_2(K: int, afs: bool) -> None:
 
 def test_suffix_grid_uses_its_rows_without_afs() -> None:
     """img2img / denoise < 1: sampling starts at trained point 2 -> rows 2.., AFS off, gamma of row 2 used."""
-    co = _coeffs(GRID, afs=True)
+    co = trained_record(GRID, afs=True)
     model, x = Counted(DiagGaussian()), _x()
     noise = Recorder(tuple(x.shape))
     tables = resolve_tables(co, GRID[2:].tolist())
@@ -94,7 +92,7 @@ def test_suffix_grid_uses_its_rows_without_afs() -> None:
                                   get_sigmas("polynomial", 6, 0.002, 80.0, dtype=torch.float64),
                                   torch.cat([GRID[:2], GRID[3:]])])
 def test_mismatched_grid_warns_and_equals_dpm_2(grid: torch.Tensor) -> None:
-    co = _coeffs(GRID, afs=True)
+    co = trained_record(GRID, afs=True)
     co.source = "cifar-nfe9.safetensors"
     model, x = DiagGaussian(), _x()
     with pytest.warns(CoefficientMismatchWarning) as rec:
@@ -107,7 +105,7 @@ def test_mismatched_grid_warns_and_equals_dpm_2(grid: torch.Tensor) -> None:
 def test_a_segment_of_the_trained_grid_uses_its_rows() -> None:
     """The first and second stage of a split run (any contiguous part of the trained grid) use the trained rows:
     the prefix from row 0 with AFS, a middle segment from its own row without."""
-    co = _coeffs(GRID, afs=True)
+    co = trained_record(GRID, afs=True)
     first = resolve_tables(co, GRID[:-2].tolist())
     assert first.trained and first.offset == 0 and first.afs and first.steps == co.steps - 2
     torch.testing.assert_close(first.r, co.r[: co.steps - 2].double())
@@ -117,19 +115,19 @@ def test_a_segment_of_the_trained_grid_uses_its_rows() -> None:
 
 
 def test_bad_tables_name_the_file_and_the_table() -> None:
-    co = _coeffs(GRID)
+    co = trained_record(GRID)
     co.source = "broken.safetensors"
     co.a = co.a[:-1]
     with pytest.raises(ValueError, match=r"broken.safetensors: table 'a' has shape \(4, 1\), expected \[steps=5"):
         sample_adasde(DiagGaussian(), _x(), GRID, coeffs=co, disable=True)
-    co = _coeffs(GRID)
+    co = trained_record(GRID)
     co.r[1, 0] = float("nan")
     with pytest.raises(ValueError, match="table 'r' contains non-finite"):
         sample_adasde(DiagGaussian(), _x(), GRID, coeffs=co, disable=True)
 
 
 def test_callback_reports_sigma_hat() -> None:
-    co = _coeffs(GRID, afs=False)
+    co = trained_record(GRID, afs=False)
     seen: list[dict] = []
     sample_adasde(DiagGaussian(), _x(), GRID, coeffs=co, extra_args={"seed": 0}, callback=seen.append, disable=True)
     s = GRID.tolist()
@@ -142,7 +140,7 @@ def test_callback_reports_sigma_hat() -> None:
 
 # --------------------------------------------------------------------------------------------------- seeded noise
 def test_same_seed_same_sample_whatever_the_batch() -> None:
-    co = _coeffs(GRID, gamma=0.3)
+    co = trained_record(GRID, gamma=0.3)
     model = DiagGaussian()
     xs = _x(3, seed=4)
     one = sample_adasde(model, xs[2:].clone(), GRID, coeffs=co, extra_args={"seed": [7]}, disable=True)
@@ -168,7 +166,7 @@ def test_seeded_noise_is_standard_normal_and_independent_of_position() -> None:
 
 
 def test_noise_sampler_is_honoured_over_the_seed() -> None:
-    co = _coeffs(GRID, gamma=0.3)
+    co = trained_record(GRID, gamma=0.3)
     model, x = DiagGaussian(), _x()
     noise = Recorder(tuple(x.shape))
     out = sample_adasde(model, x.clone(), GRID, coeffs=co, extra_args={"seed": 3}, noise_sampler=noise, disable=True)
@@ -204,7 +202,7 @@ def test_flow_model_sampling_clamps_sigma_hat_at_one() -> None:
         flow = True
 
     grid = torch.tensor([1.0, 0.9, 0.5, 0.1], dtype=torch.float64)
-    co = _coeffs(grid, gamma=0.5, afs=False)
+    co = trained_record(grid, gamma=0.5, afs=False)
     model = Counted(Flow())
     out = sample_adasde(model, 0.5 * _x(), grid, coeffs=co, extra_args={"seed": 0}, disable=True)
     assert torch.isfinite(out).all()

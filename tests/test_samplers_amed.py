@@ -22,10 +22,8 @@ from adasde.samplers import (
     sample_dpm_2,
 )
 from adasde.samplers.amed import pool_bottleneck
-from test_samplers_contract import _coeffs
-from test_samplers_fixtures import Counted, DiagGaussian, one_thread  # noqa: F401
+from helpers.samplers import Counted, DiagGaussian, trained_record
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 GRID = get_sigmas("time_uniform", 5, 0.002, 80.0, dtype=torch.float64)
 
 
@@ -154,7 +152,7 @@ def test_amed_predictor_from_coefficients_and_grid_mismatch() -> None:
 
 
 def test_constant_amed_is_adasde_without_churn() -> None:
-    co = _coeffs(GRID, afs=True)
+    co = trained_record(GRID, afs=True)
     model, x = DiagGaussian(), 80.0 * torch.randn(2, 6, dtype=torch.float64)
     no_gamma = Coefficients(r=co.r, a=co.a, c=co.c, gamma=torch.zeros_like(co.gamma), w=co.w, sigmas=co.sigmas,
                             afs=True)
@@ -164,7 +162,7 @@ def test_constant_amed_is_adasde_without_churn() -> None:
 
 
 def test_amed_rejects_multi_point_records() -> None:
-    co = _coeffs(GRID, K=2)
+    co = trained_record(GRID, K=2)
     co.source = "k2.safetensors"
     with pytest.raises(ValueError, match="k2.safetensors has K=2"):
         sample_amed(DiagGaussian(), 80.0 * torch.randn(2, 6, dtype=torch.float64), GRID, coeffs=co, disable=True)

@@ -14,23 +14,13 @@ from adasde.samplers import SAMPLERS, CoefficientMismatchWarning, append_zero, g
 from adasde.samplers import baselines as B
 from adasde.samplers.amed import sample_amed_plugin
 from adasde.samplers.common import afs_direction, sigma_list
-from test_samplers_fixtures import Counted, DiagGaussian, one_thread  # noqa: F401
+from helpers.samplers import Counted, DiagGaussian, trained_record
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 GRID = get_sigmas("time_uniform", 5, 0.002, 80.0, dtype=torch.float64)
 
 
 def _x(batch: int = 2, seed: int = 0) -> torch.Tensor:
     return 80.0 * torch.randn(batch, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-def _coeffs(sigmas: torch.Tensor, K: int = 1, afs: bool = True, gamma: float = 0.02, seed: int = 0, **kw: Any):
-    """A 'trained-looking' record: r in (0.2, 0.8), a/c near 1, small gamma, softmax w."""
-    g = torch.Generator().manual_seed(seed)
-    steps = sigmas.numel() - 1
-    u = lambda: torch.rand(steps, K, generator=g, dtype=torch.float64)  # noqa: E731
-    return Coefficients(r=0.2 + 0.6 * u(), a=0.9 + 0.2 * u(), c=0.95 + 0.1 * u(), gamma=gamma * (0.5 + u()),
-                        w=torch.softmax(u(), dim=1), sigmas=sigmas.clone(), afs=afs, **kw)
 
 
 # ------------------------------------------------------------------------------------------------------------ NFE
@@ -64,7 +54,7 @@ def test_nfe_equals_counted_model_calls(name: str, options: dict, points: int, z
 def test_nfe_with_coefficients(name: str, K: int, grid: str) -> None:
     """K and AFS come from the record: (1 + K)(N - 1) - [AFS] on the trained grid, AFS off on a suffix, untrained
     K = 1 without AFS on another grid."""
-    coeffs = _coeffs(GRID, K=K, afs=True)
+    coeffs = trained_record(GRID, K=K, afs=True)
     sigmas = {"trained": GRID, "suffix": GRID[1:], "other": get_sigmas("time_uniform", 4, 0.002, 80.0)}[grid]
     model = Counted(DiagGaussian())
     with warnings.catch_warnings(record=True) as caught:

@@ -14,10 +14,10 @@ import functools
 import pytest
 import torch
 from adasde.samplers import SAMPLERS, get_sigmas, sample_dpmpp_3m
-from test_samplers_fixtures import DiagGaussian, exact_endpoint, gaussian, one_thread, slope  # noqa: F401
+from adasde.testbeds.gmm import GMMDenoiser, single_gaussian
+from helpers.samplers import LAM, MU, D, DiagGaussian, exact_endpoint, gaussian, slope
 
 POINTS = (17, 33, 65, 129)
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _order(fn, kind: str, smin: float, smax: float, points, rho: float = 1.0, model=None) -> float:
@@ -80,3 +80,33 @@ def test_order_on_the_rotated_testbed_gaussian() -> None:
     assert 1.7 <= p <= 2.3, p
     p = _order(SAMPLERS["unipc"], "logsnr", 0.05, 80.0, POINTS[:3], model=gaussian())
     assert p >= 2.8, p
+
+
+# ------------------------------------------------------------------------------------------------ the closed forms
+def test_closed_forms_agree_with_the_testbed() -> None:
+    """DiagGaussian equals the testbed's exact GMM denoiser with V = I, and its transport equals the testbed's."""
+    ref = GMMDenoiser(single_gaussian(MU, torch.eye(D, dtype=torch.float64), LAM, tau2=0.05))
+    diag = DiagGaussian()
+    x = 5 * torch.randn(3, D, dtype=torch.float64)
+    for s in (10.0, 0.7, 0.01):
+        sv = torch.full((3,), s, dtype=torch.float64)
+        torch.testing.assert_close(diag(x, sv), ref(x, sv), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(diag.exact(x, 10.0, 0.1), exact_endpoint(ref, x, 10.0, 0.1), rtol=1e-12, atol=1e-12)
+
+
+def test_exact_endpoint_solves_the_ode() -> None:
+    """The closed form satisfies dx/dsigma = (x - D(x; sigma)) / sigma (central difference) and is a flow map."""
+    model = gaussian()
+    x0 = torch.randn(3, D, dtype=torch.float64) * 10
+    for s in (5.0, 1.0, 0.2):
+        x = exact_endpoint(model, x0, 10.0, s)
+        eps = 1e-5 * s
+        dx = (exact_endpoint(model, x0, 10.0, s + eps) - exact_endpoint(model, x0, 10.0, s - eps)) / (2 * eps)
+        d = (x - model(x, torch.full((3,), s, dtype=torch.float64))) / s
+        torch.testing.assert_close(dx, d, rtol=1e-6, atol=1e-8)
+    mid = exact_endpoint(model, x0, 10.0, 1.0)
+    torch.testing.assert_close(exact_endpoint(model, mid, 1.0, 0.1), exact_endpoint(model, x0, 10.0, 0.1))
+
+
+def test_slope_fit() -> None:
+    assert abs(slope([10, 20, 40], [1e-2, 2.5e-3, 6.25e-4]) - 2.0) < 1e-12

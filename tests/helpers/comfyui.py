@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,8 @@ from typing import Any
 
 import pytest
 import torch
+
+from .chromium import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 COMFY = Path(os.environ.get("ADASDE_COMFYUI_DIR") or REPO / ".cache" / "comfyui")
@@ -37,16 +38,10 @@ def require_comfyui() -> None:
     pytest.skip(msg)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.coeff_dir = root / "user_coefficients"
         self.output_dir = root / "base" / "output"
@@ -203,19 +198,6 @@ class Server:
         return self.get(f"/object_info/{node}")[node]
 
 
-@pytest.fixture(scope="session")
-def comfy(tmp_path_factory: pytest.TempPathFactory) -> Server:
-    require_comfyui()
-    srv = Server(tmp_path_factory.mktemp("comfyui"))
-    try:
-        srv.start()
-    except Exception:
-        srv.stop()
-        raise
-    yield srv
-    srv.stop()
-
-
 # ------------------------------------------------------------------------------------------------ graph helpers
 def toy(seed: int = 0) -> dict:
     return {"class_type": "AdaSDETestToyModel", "inputs": {"seed": seed}}
@@ -252,6 +234,24 @@ def custom_graph(sampler_node: dict, sigmas_node: dict, batch: int, seed: int) -
             "model": ["m", 0], "add_noise": True, "noise_seed": seed, "cfg": 2.0, "positive": ["m", 1],
             "negative": ["m", 2], "sampler": ["sampler", 0], "sigmas": ["sigmas", 0], "latent_image": ["lat", 0]}},
         "stats": {"class_type": "AdaSDETestLatentStats", "inputs": {"samples": ["sc", 0]}},
+    }
+
+
+def distill_graph(name: str, trajectories: int, batch: int = 2, steps: int = 2, seed: int = 0) -> dict:
+    """AdaSDEDistill on the toy model, its sampler and sigmas run by SamplerCustom, its chart previewed."""
+    return {
+        "m": toy(),
+        "d": {"class_type": "AdaSDEDistill", "inputs": {
+            "model": ["m", 0], "positive": ["m", 1], "negative": ["m", 2], "prompts": "", "cfg": 2.0,
+            "width": SIZE, "height": SIZE, "steps": steps, "target_nfe": 0, "teacher_M": 1, "batch": batch,
+            "trajectories": trajectories, "teacher": "euler", "learning_rate": 0.05, "afs": True, "seed": seed,
+            "file_name": name, "resume": True}},
+        "lat": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}},
+        "sc": {"class_type": "SamplerCustom", "inputs": {
+            "model": ["m", 0], "add_noise": True, "noise_seed": 1, "cfg": 2.0, "positive": ["m", 1],
+            "negative": ["m", 2], "sampler": ["d", 0], "sigmas": ["d", 1], "latent_image": ["lat", 0]}},
+        "stats": {"class_type": "AdaSDETestLatentStats", "inputs": {"samples": ["sc", 0]}},
+        "chart": {"class_type": "PreviewImage", "inputs": {"images": ["d", 2]}},
     }
 
 

@@ -1,6 +1,6 @@
 """Tiny random-weight diffusers folders built from configs (docs/TESTBEDS.md section 4), shared by the loader,
-sampler-CLI and diffusers-scheduler tests (import the fixtures ``ddpm_dir`` / ``sd_dir`` from here).  Everything is
-written to a temporary folder; nothing touches the network."""
+sampler-CLI and diffusers-scheduler tests (session fixtures ``ddpm_dir`` / ``sd_dir`` in tests/conftest.py).
+Everything is written to a temporary folder; nothing touches the network."""
 
 from __future__ import annotations
 
@@ -111,17 +111,3 @@ def make_sdxl_folder(root: Path, seed: int = 0) -> Path:
     StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok,
                               unet=unet, scheduler=sched).save_pretrained(root)
     return root
-
-
-def folder_fixture(make, name: str):
-    """A session fixture ``NAME_dir``: the folder ``make(path)`` writes, built once per test session."""
-
-    @pytest.fixture(scope="session", name=f"{name}_dir")
-    def _folder(tmp_path_factory) -> Path:
-        return make(tmp_path_factory.mktemp(name) / "pipe")
-
-    return _folder
-
-
-ddpm_dir = folder_fixture(make_ddpm_folder, "ddpm")
-sd_dir = folder_fixture(make_sd_folder, "sd")

@@ -1,5 +1,6 @@
 """Tiny random-weight SD3 and Flux pipeline folders (the ``save_pretrained`` layout of diffusers), built from configs
-offline: CLIP tokenizers from a written vocabulary, a T5 tokenizer from an in-code unigram vocabulary."""
+offline: CLIP tokenizers from a written vocabulary, a T5 tokenizer from an in-code unigram vocabulary (session
+fixtures ``sd3_dir`` / ``flux_dir`` in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .diffusers_models import _tokenizer, folder_fixture
+from .diffusers_models import _tokenizer
 
 WORDS = "▁a ▁cat ▁dog ▁photo ▁of ▁the a c t d o g".split()
 
@@ -72,7 +73,3 @@ def make_flux_folder(root: Path, seed: int = 0, guidance: bool = True) -> Path:
                         text_encoder_2=t5, tokenizer_2=t5tok, transformer=transformer)
     pipe.save_pretrained(root)
     return root
-
-
-sd3_dir = folder_fixture(make_sd3_folder, "sd3")
-flux_dir = folder_fixture(make_flux_folder, "flux")

@@ -1,19 +1,17 @@
 """Shared pieces of the sampler tests: the exact single-Gaussian denoiser (docs/TESTBEDS.md section 1.1) in closed form
 (axis-aligned, element-wise: fast and bit-exact across batch sizes) and from ``adasde.testbeds.gmm`` (rotated), a
-call-counting wrapper and a least-squares slope fit.  The tests in this file check the closed forms against each other.
-
-Sampler tests run single-threaded (``one_thread``): on the shared 2-core machine two intra-op threads make every tiny
-op ~50x slower.
+call-counting wrapper, a least-squares slope fit and a trained-looking coefficient record.  Their checks against the
+testbed are in ``tests/test_samplers_convergence.py``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import pytest
 import torch
+from adasde.coefficients import Coefficients
 from adasde.testbeds.gmm import GMMDenoiser, gaussian_ode_solution, single_gaussian
 
 D = 6
@@ -64,14 +62,6 @@ class DiagGaussian:
         return self.mu + (x - self.mu) * torch.sqrt((self.lam + sigma_to**2) / (self.lam + sigma_from**2))
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def slope(steps: Sequence[int], errors: Sequence[float]) -> float:
     """Least-squares slope of -log(error) against log(steps): the measured convergence order."""
     lx = [math.log(n) for n in steps]
@@ -80,32 +70,12 @@ def slope(steps: Sequence[int], errors: Sequence[float]) -> float:
     return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
 
 
-@pytest.mark.usefixtures("one_thread")
-def test_closed_forms_agree_with_the_testbed() -> None:
-    """DiagGaussian equals the testbed's exact GMM denoiser with V = I, and its transport equals the testbed's."""
-    ref = GMMDenoiser(single_gaussian(MU, torch.eye(D, dtype=torch.float64), LAM, tau2=0.05))
-    diag = DiagGaussian()
-    x = 5 * torch.randn(3, D, dtype=torch.float64)
-    for s in (10.0, 0.7, 0.01):
-        sv = torch.full((3,), s, dtype=torch.float64)
-        torch.testing.assert_close(diag(x, sv), ref(x, sv), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(diag.exact(x, 10.0, 0.1), exact_endpoint(ref, x, 10.0, 0.1), rtol=1e-12, atol=1e-12)
 
-
-@pytest.mark.usefixtures("one_thread")
-def test_exact_endpoint_solves_the_ode() -> None:
-    """The closed form satisfies dx/dsigma = (x - D(x; sigma)) / sigma (central difference) and is a flow map."""
-    model = gaussian()
-    x0 = torch.randn(3, D, dtype=torch.float64) * 10
-    for s in (5.0, 1.0, 0.2):
-        x = exact_endpoint(model, x0, 10.0, s)
-        eps = 1e-5 * s
-        dx = (exact_endpoint(model, x0, 10.0, s + eps) - exact_endpoint(model, x0, 10.0, s - eps)) / (2 * eps)
-        d = (x - model(x, torch.full((3,), s, dtype=torch.float64))) / s
-        torch.testing.assert_close(dx, d, rtol=1e-6, atol=1e-8)
-    mid = exact_endpoint(model, x0, 10.0, 1.0)
-    torch.testing.assert_close(exact_endpoint(model, mid, 1.0, 0.1), exact_endpoint(model, x0, 10.0, 0.1))
-
-
-def test_slope_fit() -> None:
-    assert abs(slope([10, 20, 40], [1e-2, 2.5e-3, 6.25e-4]) - 2.0) < 1e-12
+def trained_record(sigmas: torch.Tensor, K: int = 1, afs: bool = True, gamma: float = 0.02, seed: int = 0,
+                   **kw: Any) -> Coefficients:
+    """A 'trained-looking' record: r in (0.2, 0.8), a/c near 1, small gamma, softmax w."""
+    g = torch.Generator().manual_seed(seed)
+    steps = sigmas.numel() - 1
+    u = lambda: torch.rand(steps, K, generator=g, dtype=torch.float64)  # noqa: E731
+    return Coefficients(r=0.2 + 0.6 * u(), a=0.9 + 0.2 * u(), c=0.95 + 0.1 * u(), gamma=gamma * (0.5 + u()),
+                        w=torch.softmax(u(), dim=1), sigmas=sigmas.clone(), afs=afs, **kw)
