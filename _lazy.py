@@ -17,9 +17,12 @@ def lazy_exports(package: str, table: Mapping[str, tuple[str, str]]
         entry = table.get(name)
         if entry is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(import_module(entry[0], package), entry[1])
-        setattr(sys.modules[package], name, value)
-        return value
+        module = import_module(entry[0], package)
+        pkg = sys.modules[package]
+        for public, (sub, attr) in table.items():  # every name of that submodule at once: a submodule named like
+            if sub == entry[0]:                      # one of its functions (policy.plan) must not shadow it
+                setattr(pkg, public, getattr(module, attr))
+        return getattr(pkg, name)
 
     def dir_() -> list[str]:
         return sorted(set(vars(sys.modules[package])) | set(table))
