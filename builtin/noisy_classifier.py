@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .loader import WEIGHTS_DIR, load_state_checked, read_weights
+from ..loaders.checkpoint import load_checked
+from .loader import WEIGHTS_DIR, read_weights
 
 NOISY_CLASSIFIER = WEIGHTS_DIR / "fmnist_noisy_classifier.safetensors"
 NOISY_FORMAT = "adasde-builtin-noisy-classifier"
@@ -96,7 +97,7 @@ def load_noisy_classifier(device: torch.device | str | None = None, dtype: torch
         from ..loaders.base import ModelSpecError
 
         raise ModelSpecError(f"weights file {path}: bad architecture metadata ({exc}); {_FIX}") from exc
-    load_state_checked(model, tensors, path, _FIX)
+    load_checked(model, tensors, f"weights file {path}", "noise-conditional classifier architecture", _FIX, True)
     model.meta = meta  # type: ignore[attr-defined]
     model.eval().requires_grad_(False)
     return model.to(device=device or "cpu", dtype=dtype or torch.float32)

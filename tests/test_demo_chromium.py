@@ -23,7 +23,7 @@ from PIL import Image
 
 pytestmark = pytest.mark.chromium
 
-WIDTH, HEIGHT = 1200, 2400
+WIDTH, HEIGHT = 1200, 3600  # tall enough for the same-noise rows and the sample grids below them
 
 # runs after load (all <img> from file:// are decoded by then) and records what the browser made of the page
 PROBE = """<script>
@@ -93,10 +93,16 @@ def _colour_pixels(a: np.ndarray, hex_colour: str, tol: int = 40) -> int:
 
 def test_images_decode_and_charts_are_laid_out(probe: dict) -> None:
     imgs = {i["src"]: i for i in probe["imgs"]}
-    assert sorted(imgs) == sorted(f"grid-{s}-nfe{NFE}.png" for s in DEMO_SOLVERS)
-    for src, i in imgs.items():
+    grids = sorted(f"grid-{s}-nfe{NFE}.png" for s in DEMO_SOLVERS)
+    strips = sorted(k for k in imgs if k.startswith("same-noise-"))
+    assert sorted(imgs) == sorted(grids + strips)
+    assert len(strips) == 2 * (len(DEMO_SOLVERS) + 1)  # reference + one row per solver, each with a zoomed crop
+    for src in grids:
+        i = imgs[src]
         assert i["complete"] and i["w"] == 484 and i["h"] == 484, (src, i)
         assert i["shown"] > 200, (src, i)
+    for src in strips:
+        assert imgs[src]["complete"] and imgs[src]["w"] > 0 and imgs[src]["shown"] > 50, (src, imgs[src])
     svgs = {s["parent"]: s for s in probe["svgs"]}
     assert sorted(svgs) == ["chart", "coefficients"]
     for s in svgs.values():
