@@ -135,7 +135,7 @@ def _distill(args: argparse.Namespace, out: Path, ck: Path, size: int, rank: int
     from ..runtime import barrier
     from .adasde import distill
     from .features import feature_net_by_name
-    from .options import DistillOptions
+    from .options import ADASDE_DEFAULTS, AMED_DEFAULTS, DistillOptions
     from .recipes import nfe_of, recipe
 
     model = load_model(args.model, device=args.device)
@@ -165,7 +165,9 @@ def _distill(args: argparse.Namespace, out: Path, ck: Path, size: int, rank: int
             raise UsageError(f"--gamma-max {args.gamma_max} is an AdaSDE setting; AMED has no churn. "
                              "Fix: drop --gamma-max")
         opts = dataclasses.replace(opts, plugin=args.base if args.method == "amed_plugin" else None, **given)
-    bar = TqdmProgress(opts.trajectories, opts.batch or 128, disable=args.no_progress or rank != 0)
+    batch = opts.batch or (ADASDE_DEFAULTS if args.method == "adasde" else AMED_DEFAULTS)["batch"]
+    opts = dataclasses.replace(opts, condition_fn=cond.distill_condition(batch))
+    bar = TqdmProgress(opts.trajectories, batch, disable=args.no_progress or rank != 0)
     opts.progress = bar
     try:
         if args.method == "adasde":
