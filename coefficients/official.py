@@ -66,6 +66,11 @@ class Stub:
         return f"<inert {self._module}.{self._name}>"
 
 
+# the release's dataset names -> the family our loaders give the same model (so imported files match by family)
+DATASET_FAMILIES = {"cifar10": "edm-cifar10", "ffhq": "edm-ffhq", "afhqv2": "edm-afhqv2",
+                    "imagenet64": "edm-imagenet64", "lsun_bedroom": "cm-lsun_bedroom", "imagenet256": "adm-imagenet256",
+                    "lsun_bedroom_ldm": "ldm", "ms_coco": "sd15"}
+
 def _stub_class(module: str, name: str) -> type:
     return type(name, (Stub,), {"_module": module, "_name": name, "__module__": "adasde.coefficients.official"})
 
@@ -392,7 +397,7 @@ def import_official(path: str | os.PathLike) -> Coefficients:
         raise CoefficientFileError(f"official predictor {p}: cannot rebuild its grid ({exc}). Fix: only "
                                    "time_uniform / polynomial / logsnr predictors can be imported") from None
     dataset = str(state.get("dataset_name", "unknown"))
-    family = "edm-cifar10" if "cifar" in dataset.lower() else (f"edm-{dataset}" if dataset != "unknown" else "unknown")
+    family = DATASET_FAMILIES.get(dataset.lower(), f"edm-{dataset}" if dataset != "unknown" else "unknown")
     kimg = re.search(r"network-snapshot-(\d+)", p.name)
     extra = {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in state.items()
              if isinstance(v, (int, float, str, bool)) or (torch.is_tensor(v) and v.numel() == 1)}

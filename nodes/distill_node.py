@@ -161,6 +161,7 @@ class DistillAdaSDE(io.ComfyNode):
             node_id="AdaSDEDistill",
             display_name="Distill AdaSDE Coefficients",
             category=CATEGORY,
+            search_aliases=["adasde", "amed", "distill", "train coefficients"],
             description="Learn AdaSDE coefficients for this model (teacher trajectories on a fine grid, student "
                         "matched at every step). Progress and a live chart on the node; Cancel keeps a checkpoint "
                         "and the next run resumes. The file appears in the AdaSDE combos without a restart.",

@@ -40,6 +40,7 @@ class AdaSDESampler(io.ComfyNode):
             node_id="AdaSDESampler",
             display_name="AdaSDE Sampler",
             category=CATEGORY,
+            search_aliases=["adasde", "amed", "few-step sampler", "learned coefficients"],
             description="AdaSDE (NeurIPS 2025) few-step SDE sampler with learned per-step coefficients. Use with "
                         "'AdaSDE Sigmas' (or the 'adasde' scheduler) so the grid matches the coefficients.",
             inputs=[
@@ -64,6 +65,7 @@ class AMEDSampler(io.ComfyNode):
             node_id="AMEDSampler",
             display_name="AMED Sampler",
             category=CATEGORY,
+            search_aliases=["adasde", "amed", "few-step sampler", "learned coefficients"],
             description="AMED-Solver (CVPR 2024): learned mean-direction steps; the predictor reads the UNet "
                         "bottleneck (SD1.x/SDXL) through an output-block patch on a copy of the model options.",
             inputs=[
@@ -85,6 +87,7 @@ class AdaSDESigmas(io.ComfyNode):
             node_id="AdaSDESigmas",
             display_name="AdaSDE Sigmas",
             category=CATEGORY,
+            search_aliases=["adasde", "scheduler", "trained grid"],
             description="The sigma grid of the sampling policy: the grid a coefficient file was trained on, or the "
                         "model's default grid when 'auto' finds no file; steps + 1 values from sigma_max, like the "
                         "'adasde' scheduler.",

@@ -294,6 +294,9 @@ def _cut(p: Plan, steps: int, denoise: float, start: int | None, end: int | None
     if lo > 0:
         p.afs = False  # AFS only from the grid's sigma_max (pure noise)
     p.nfe = count_nfe(p.sampler, p.sigmas, **_count_options(p))
+    if nfe is not None and nfe % 2 == 0 and p.sampler in TWO_NFE_PER_STEP and not p.afs:
+        p.notes.append(f"AdaSDE: NFE {nfe} is even: {p.sampler} makes two model calls per step, so the analytical "
+                       "first step (AFS, which saves one call) is off; an odd NFE uses it.")
     if nfe is not None and denoise == 1 and start is None and end is None and p.nfe != nfe:
         raise UsageError(f"{p.sampler} on this grid makes {p.nfe} model calls, not --nfe {nfe}")
     return p

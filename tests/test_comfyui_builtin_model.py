@@ -80,7 +80,8 @@ def test_builtin_model_nodes_are_registered(comfy: Server) -> None:
     info = comfy.object_info("AdaSDEBuiltinModel")
     assert info["output"] == ["MODEL", "VAE", "CONDITIONING"]
     assert "adasde" in info["search_aliases"]
-    for node in ("AdaSDEFIDEvaluate", "AdaSDESaveFIDReferenceStats"):
+    for node in ("AdaSDEFIDEvaluate", "AdaSDESaveFIDReferenceStats", "AMEDSampler", "AdaSDESampler", "AdaSDESigmas",
+                 "AdaSDEDistill"):  # searching "adasde" in the node library finds every node of the pack
         assert "adasde" in comfy.object_info(node)["search_aliases"]
     assert comfy.object_info("AdaSDEEmptyBuiltinLatent")["output"] == ["LATENT"]
 

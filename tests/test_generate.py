@@ -41,6 +41,14 @@ def test_summary_line_and_png_parameters(tmp_path: Path, capsys: pytest.CaptureF
     assert "builtin-fmnist-adasde-nfe5.safetensors" in params and summary["coefficients_sha256"][:10] in params
 
 
+def test_every_silent_choice_is_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """NFE 4 for a two-call solver turns AFS off, and no 2-step file exists: both are said on stderr."""
+    assert main([*SAMPLE[:-3], "--nfe", "4", "--no-progress", "--seeds", "0", "--grid", str(tmp_path / "g.png")]) == 0
+    notes = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("note: ")]
+    assert any("NFE 4 is even" in n and "AFS" in n for n in notes), notes
+    assert any("no AdaSDE coefficient file fits 2 steps" in n for n in notes), notes
+
+
 class _Recorder(torch.nn.Module):
     """A denoiser that records what it is called with and returns zeros (or NaN from call ``nan_at``)."""
 
