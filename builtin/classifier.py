@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from datetime import datetime, timezone
@@ -111,6 +112,21 @@ def accuracy(model: FMNISTClassifier, images01: torch.Tensor, labels: torch.Tens
     return correct / images01.shape[0]
 
 
+def cosine_step(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float, step: int, total: int, run: float,
+                bar: Any) -> float:
+    """One optimiser step at the cosine-annealed learning rate ``lr (1 + cos(pi step / total)) / 2``; returns the
+    running loss (shown on ``bar`` every 20 steps)."""
+    for group in opt.param_groups:
+        group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    run = 0.98 * run + 0.02 * float(loss.detach()) if step else float(loss.detach())
+    if step % 20 == 0:
+        bar.set_postfix(loss=f"{run:.3f}")
+    return run
+
+
 def train_classifier(out: str | os.PathLike | None = None, seed: int = 0, epochs: float = 4.0, batch: int = 128,
                      lr: float = 2e-3, threads: int | None = None, progress: bool = True,
                      limit: int | None = None) -> dict[str, Any]:
@@ -145,15 +161,7 @@ def train_classifier(out: str | os.PathLike | None = None, seed: int = 0, epochs
         if k == 0 and step > 0:
             perm = torch.randperm(n, generator=g)
         idx = perm[k * batch:(k + 1) * batch]
-        for group in opt.param_groups:
-            group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / total))
-        loss = F.cross_entropy(model(xtr_t[idx]), ytr_t[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        run = 0.98 * run + 0.02 * float(loss.detach()) if step else float(loss.detach())
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{run:.3f}")
+        run = cosine_step(opt, F.cross_entropy(model(xtr_t[idx]), ytr_t[idx]), lr, step, total, run, bar)
     bar.close()
     model.eval()
     acc = accuracy(model, xte_t, yte_t)

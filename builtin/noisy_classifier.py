@@ -30,6 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..loaders.checkpoint import load_checked
+from .classifier import cosine_step
 from .loader import WEIGHTS_DIR, read_weights
 
 NOISY_CLASSIFIER = WEIGHTS_DIR / "fmnist_noisy_classifier.safetensors"
@@ -159,15 +160,7 @@ def train_noisy_classifier(out: str | os.PathLike | None = None, seed: int = 0, 
         gen = torch.Generator().manual_seed((seed + 1) * 2_147_483_629 + step)
         sigma = _noise_levels(idx.numel(), gen, p_mean, p_std)
         x = xtr[idx] + sigma.view(-1, 1, 1, 1) * torch.randn(xtr[idx].shape, generator=gen)
-        for group in opt.param_groups:
-            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-        loss = F.cross_entropy(model(x, sigma), ytr[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        run = 0.98 * run + 0.02 * float(loss.detach()) if step else float(loss.detach())
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{run:.3f}")
+        run = cosine_step(opt, F.cross_entropy(model(x, sigma), ytr[idx]), lr, step, steps, run, bar)
     bar.close()
     model.eval()
     acc = {f"{s:g}": round(noisy_accuracy(model, xte, yte, s, seed=seed), 4) for s in EVAL_SIGMAS}

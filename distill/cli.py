@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", action=argparse.BooleanOptionalAction, default=True,
                    help="AdaSDE: take M, scale_dir, gamma_max, lr, batch and trajectories not given on the command "
                    "line from the per-NFE recipe (distill/recipes.py); --no-recipe: the paper's single settings")
-    p.add_argument("--init", choices=("scan", "random"), default="scan",
+    p.add_argument("--init", choices=("scan", "random"), default=None,
                    help="start of the r table: scan on a held-out batch (robust) or the papers' random draw")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bptt", action=argparse.BooleanOptionalAction, default=None,
@@ -151,11 +151,13 @@ def _distill(args: argparse.Namespace, out: Path, ck: Path, size: int, rank: int
     opts = DistillOptions(num_steps=points, nfe=args.nfe, afs=args.afs, schedule=args.schedule, rho=args.rho,
                           seed=args.seed, device=args.device, checkpoint=str(ck),
                           checkpoint_every=args.checkpoint_every, resume=args.resume,
-                          grad_checkpoint=args.grad_checkpoint, name=args.model, init=args.init)
+                          grad_checkpoint=args.grad_checkpoint, name=args.model, init=args.init or "scan")
     if args.method == "adasde":
         if args.recipe:
             nfe = args.nfe if args.nfe is not None else nfe_of(points, args.afs, args.K)
             given = {**recipe(nfe, getattr(model, "family", None)), **given}
+            if args.init is not None:
+                given["init"] = args.init
         feat = feature_net_by_name(args.feature_net, args.device) if args.loss != "l2" else None
         opts = dataclasses.replace(opts, K=args.K, loss=args.loss, feature_net=feat, alpha=args.alpha, **given)
     else:

@@ -87,7 +87,7 @@ def test_cli_uses_the_recipe_unless_overridden(tmp_path, capsys):
     from adasde.distill.recipes import RECIPES, recipe
 
     assert recipe(3) == RECIPES[3] and recipe(4) == RECIPES[5] and recipe(15) == RECIPES[max(RECIPES)]
-    assert recipe(5, "builtin-fmnist") == {**RECIPES[5], "trajectories": 3000}  # the CPU model's budget
+    assert recipe(5, "builtin-fmnist") == {**RECIPES[5], "trajectories": 3000, "scale_dir": 0.05, "init": "random"}
     base = ["distill", "--model", "testbed:gmm-error", "--nfe", "5", "--trajectories", "32", "--no-progress"]
     main(base + ["--out", str(tmp_path / "r.safetensors")])
     t = load(tmp_path / "r.safetensors").training

@@ -10,6 +10,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,20 @@ def _killed_run(argv: list[str], after: float) -> bool:
     return False
 
 
+def _kill_until(argv: list[str], full: float, rng: random.Random, after: Callable[[bool], object],
+                kills: int = 3, attempts: int = 12) -> int:
+    """Kill runs of ``argv`` at random moments within ``full`` seconds (one uninterrupted run) until ``kills`` runs
+    were killed; ``after(killed)`` checks the outputs after each attempt.  Returns the number of kills."""
+    done = 0
+    for _ in range(attempts):
+        if done >= kills:
+            break
+        killed = _killed_run(argv, rng.uniform(0.05, 0.6) * full)
+        done += killed
+        after(killed)
+    return done
+
+
 @pytest.mark.slow
 def test_kill_during_sample_and_fid_sample_then_rerun_equals_one_pass(tmp_path: Path) -> None:
     rng = random.Random(0)
@@ -121,18 +136,14 @@ def test_kill_during_sample_and_fid_sample_then_rerun_equals_one_pass(tmp_path: 
     ref = _pngs(tmp_path / "ref")
     kills = 0
     out = tmp_path / "killed"
-    sample_kills = 0
-    for _ in range(12):
-        if sample_kills >= 3:
-            break
-        killed = _killed_run([*args, "--out", str(out)], rng.uniform(0.05, 0.6) * full)
-        sample_kills += killed
+    def check_and_reset(killed: bool) -> None:
         for p in out.glob("*.png"):  # every image on disk is complete and right
             assert np.array_equal(np.asarray(Image.open(p)), ref[p.name]), p.name
         if not killed:  # it finished first: keep a few images, so the next run has work left to resume
             for p in sorted(out.glob("*.png"))[5:]:
                 p.unlink()
-    kills += sample_kills
+
+    kills += _kill_until([*args, "--out", str(out)], full, rng, check_and_reset)
     assert main([*args, "--out", str(out)]) == 0
     got = _pngs(out)
     assert sorted(got) == sorted(ref) and all(np.array_equal(got[k], ref[k]) for k in ref)
@@ -147,15 +158,8 @@ def test_kill_during_sample_and_fid_sample_then_rerun_equals_one_pass(tmp_path: 
     assert _killed_run([*fid, "--json", str(tmp_path / "one.json")], 600) is False
     full = time.perf_counter() - t0
     state = tmp_path / "state.npz"
-    fid_kills = 0
-    for _ in range(12):
-        if fid_kills >= 3:
-            break
-        killed = _killed_run([*fid, "--resume", str(state)], rng.uniform(0.05, 0.6) * full)
-        fid_kills += killed
-        if not killed:  # it finished first: start the resumable state over
-            state.unlink()
-    kills += fid_kills
+    kills += _kill_until([*fid, "--resume", str(state)], full, rng,
+                         lambda killed: killed or state.unlink())  # finished first: start the state over
     assert main([*fid, "--resume", str(state), "--json", str(tmp_path / "two.json")]) == 0
     one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
     assert two["num_images"] == one["num_images"] == 40
