@@ -6,31 +6,18 @@ scheduler's recovery of the model family from a bare ``model_sampling`` object (
 from __future__ import annotations
 
 import math
-import os
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
-COMFY = Path(os.environ.get("ADASDE_COMFYUI_DIR") or REPO / ".cache" / "comfyui")
+from helpers.comfyui import REPO, import_comfy_in_process
 
 pytestmark = [pytest.mark.comfyui]
 
 
 @pytest.fixture(scope="module")
 def host():
-    if not (COMFY / "main.py").is_file():
-        msg = f"real ComfyUI not found at {COMFY} (set ADASDE_COMFYUI_DIR or run tools/install_comfyui.sh)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("CI: " + msg)
-        pytest.skip(msg)
-    if str(COMFY) not in sys.path:
-        sys.path.insert(0, str(COMFY))
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True  # before comfy.model_management is imported (docs/HOSTS.md section A10)
+    import_comfy_in_process()
     from adasde.nodes import host as h
 
     return h

@@ -38,6 +38,16 @@ def require_comfyui() -> None:
     pytest.skip(msg)
 
 
+def import_comfy_in_process() -> None:
+    """Make the real ComfyUI importable in this process, on the CPU (skips, or fails in CI, when it is missing)."""
+    require_comfyui()
+    if str(COMFY) not in sys.path:
+        sys.path.insert(0, str(COMFY))
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True  # before comfy.model_management is imported (docs/HOSTS.md section A10)
+
+
 class Server:
     def __init__(self, root: Path) -> None:
         self.root = root
