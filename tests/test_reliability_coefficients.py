@@ -20,6 +20,7 @@ from adasde.coefficients import io as cio
 from adasde.coefficients.lookup import CoefficientEntry, matching
 from adasde.errors import AdasdeError
 from adasde.samplers import get_sigmas
+from helpers.fuzz import corrupt
 from safetensors.torch import save as st_save
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,22 +198,9 @@ def test_fuzz_coefficient_reader(tmp_path):
     kinds = {"ok": 0, "error": 0}
     t0 = time.perf_counter()
     for i in range(1200):
-        data = bytearray(rng.choice(bases))
-        op = i % 4
-        if op == 0:
-            data = data[:rng.randrange(len(data))]
-        elif op == 1:
-            for _ in range(rng.randint(1, 8)):
-                j = rng.randrange(len(data))
-                data[j] ^= 1 << rng.randrange(8)
-        elif op == 2:
-            data = bytearray(_mutate_header(bytes(data), rng))
-        else:  # flips inside the header only
-            n = struct.unpack("<Q", data[:8])[0]
-            for _ in range(rng.randint(1, 4)):
-                j = 8 + rng.randrange(n)
-                data[j] = rng.randrange(256)
-        p.write_bytes(bytes(data))
+        data = corrupt(rng.choice(bases), rng, i, _mutate_header,
+                       lambda d: (8, struct.unpack("<Q", d[:8])[0]))  # case 3: bytes inside the JSON header
+        p.write_bytes(data)
         for reader in (cio.read_header, load):
             try:
                 out = reader(p)
@@ -226,7 +214,7 @@ def test_fuzz_coefficient_reader(tmp_path):
                 msg = str(exc)
                 assert "\n" not in msg and str(p) in msg, msg
             except Exception as exc:  # noqa: BLE001 - the point of the test
-                pytest.fail(f"case {i} op {op}: {type(exc).__name__}: {exc}")
+                pytest.fail(f"case {i} op {i % 4}: {type(exc).__name__}: {exc}")
     assert kinds["error"] > 1000
     assert time.perf_counter() - t0 < 60
 

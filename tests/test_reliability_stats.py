@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from adasde.errors import UsageError
 from adasde.evaluation.reference import RefStats, StatsFileError, check_feature_net, load_stats, save_stats
+from helpers.fuzz import corrupt
 
 
 def _stats(d: int = 8, seed: int = 0) -> RefStats:
@@ -100,28 +101,16 @@ def test_fuzz_stats_reader(tmp_path):
     errors = 0
     t0 = time.perf_counter()
     for i in range(1100):
-        data = bytearray(rng.choice(bases))
-        op = i % 4
-        if op == 0:
-            data = data[:rng.randrange(len(data))]
-        elif op == 1:
-            for _ in range(rng.randint(1, 8)):
-                j = rng.randrange(len(data))
-                data[j] ^= 1 << rng.randrange(8)
-        elif op == 2:  # a member's .npy header rewritten (shape, dtype, order)
-            data = bytearray(_mutate_member(bytes(data), rng))
-        else:  # flips in the first 200 bytes (zip local header + npy header)
-            for _ in range(rng.randint(1, 4)):
-                j = rng.randrange(min(200, len(data)))
-                data[j] = rng.randrange(256)
-        p.write_bytes(bytes(data))
+        data = corrupt(rng.choice(bases), rng, i, _mutate_member,
+                       lambda d: (0, min(200, len(d))))  # case 3: the zip local header and the npy header
+        p.write_bytes(data)
         try:
             load_stats(p)
         except StatsFileError as exc:
             errors += 1
             assert "\n" not in str(exc) and str(p) in str(exc), str(exc)
         except Exception as exc:  # noqa: BLE001 - the point of the test
-            pytest.fail(f"case {i} op {op}: {type(exc).__name__}: {exc}")
+            pytest.fail(f"case {i} op {i % 4}: {type(exc).__name__}: {exc}")
     assert errors > 900
     assert time.perf_counter() - t0 < 60
 
