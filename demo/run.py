@@ -228,6 +228,7 @@ def _env_var() -> str:
 def _distil(model: Any, cfg: DemoConfig, out: Path) -> Any:
     from ..coefficients import save
     from ..distill import distill
+    from ..distill.recipes import recipe
     from ..samplers.presets import grid_for_nfe
 
     n, afs = grid_for_nfe("adasde", cfg.nfe)
@@ -242,10 +243,10 @@ def _distil(model: Any, cfg: DemoConfig, out: Path) -> Any:
         if loss is not None:
             bar.set_postfix(loss=f"{float(loss):.4g}")
 
+    settings = {**recipe(cfg.nfe, model.family), "batch": cfg.distill_batch, "trajectories": cfg.trajectories}
     coeffs = distill(model, shape=tuple(model.sample_shape), sigma_min=model.sigma_min, sigma_max=model.sigma_max,
-                     num_steps=n, afs=afs, schedule=cfg.schedule[0], rho=cfg.schedule[1],
-                     batch=cfg.distill_batch, trajectories=cfg.trajectories, seed=cfg.seed,
-                     device=cfg.device, progress=progress)
+                     num_steps=n, afs=afs, schedule=cfg.schedule[0], rho=cfg.schedule[1], seed=cfg.seed,
+                     device=cfg.device, progress=progress, **settings)  # the model's recipe, the demo's budget
     bar.close()
     path = out / f"adasde-builtin-fmnist-nfe{cfg.nfe}.safetensors"
     save(coeffs, path)
