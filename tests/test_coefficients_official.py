@@ -8,11 +8,9 @@ the raw tables as ``nn.Parameter``s.  The throwaway modules exist in ``sys.modul
 from __future__ import annotations
 
 import builtins
-import contextlib
 import math
 import os
 import pickle
-import sys
 import types
 import warnings
 
@@ -20,6 +18,7 @@ import pytest
 import torch
 from adasde.coefficients import CoefficientFileError, import_official, load, save
 from adasde.samplers import get_sigmas
+from helpers.pickles import fake_modules
 
 SRC = "import os\nos.system('touch SHOULD_NOT_EXIST')\nclass adasde_predictor: pass\n"
 B = 2 * math.log(0.6 / 0.4)
@@ -38,20 +37,6 @@ def _raw(scale_dir=0.05, scale_time=0.2, g_max=0.02, g_min=1e-4):
         "weight_s": [[0.3], [-1.0]],
     }
 
-
-@contextlib.contextmanager
-def fake_modules(names):
-    mods = {n: types.ModuleType(n) for n in names}
-    saved = {n: sys.modules.get(n) for n in names}
-    sys.modules.update(mods)
-    try:
-        yield mods
-    finally:
-        for n, m in saved.items():
-            if m is None:
-                sys.modules.pop(n, None)
-            else:
-                sys.modules[n] = m
 
 
 def build_pickle(path, attrs=None, protocol=4, evil=None, raw=None):

@@ -11,12 +11,9 @@ file if it were ever executed.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import pickle
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -26,6 +23,7 @@ from adasde.loaders import ModelSpecError
 from adasde.loaders.networks.edm import DhariwalUNet, SongUNet
 from adasde.models import load_model
 from adasde.samplers import get_sigmas, sample_adasde, sample_heun
+from helpers.pickles import fake_modules
 
 MARKER = "EDM_SOURCE_WAS_EXECUTED"
 
@@ -33,20 +31,6 @@ MARKER = "EDM_SOURCE_WAS_EXECUTED"
 def _payload(marker: Path) -> str:
     return f"import pathlib\npathlib.Path({str(marker)!r}).write_text('pwned')\nclass SongUNet: pass\n"
 
-
-@contextlib.contextmanager
-def fake_modules(names):
-    saved = {n: sys.modules.get(n) for n in names}
-    mods = {n: types.ModuleType(n) for n in names}
-    sys.modules.update(mods)
-    try:
-        yield mods
-    finally:
-        for n, m in saved.items():
-            if m is None:
-                sys.modules.pop(n, None)
-            else:
-                sys.modules[n] = m
 
 
 class _Persistent:
