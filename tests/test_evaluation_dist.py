@@ -11,32 +11,15 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from adasde.evaluation import FeatureNet, RunningStats, register_feature_net, save_stats, to_uint8
-from adasde.evaluation.features import to_channels
+from adasde.evaluation import RunningStats, save_stats
 from adasde.generate import loop as loop_mod
 from adasde.generate.score import sample_and_score
+from helpers.features import projection_net
 
 MODEL, SAMPLER, SEEDS = "testbed:gmm", "adasde", "0-6"  # exact GMM denoiser, 1 x 8 x 8 samples
 
 
-class PoolNet(FeatureNet):
-    """Fixed random projection of 4x4-pooled pixels: cheap and real."""
-
-    name = "test-pool"
-    metric = "FD-test"
-    dim = 5
-
-    def __init__(self, weights=None, allow_download=False):
-        super().__init__()
-        g = torch.Generator().manual_seed(1)
-        self.proj = torch.nn.Parameter(torch.randn(3 * 16, self.dim, generator=g), requires_grad=False)
-
-    def forward(self, images):
-        x = to_channels(to_uint8(images), 3).float() / 255
-        return torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1) @ self.proj
-
-
-register_feature_net("test-pool", PoolNet)
+PoolNet = projection_net("test-pool", dim=5, seed=1)
 
 
 def _data() -> np.ndarray:

@@ -12,39 +12,17 @@ import torch
 from adasde.cli import main as adasde_main
 from adasde.evaluation import (
     INCEPTION_FILES,
-    FeatureNet,
     FeatureNetError,
     ImageReadError,
     iter_images,
     load_feature_net,
     load_stats,
-    register_feature_net,
     to_uint8,
 )
+from helpers.features import projection_net
 from PIL import Image
 
-
-class PixelNet(FeatureNet):
-    """A fixed random projection of the (uint8-quantised, 8x8-pooled) pixels: a cheap, real feature network."""
-
-    name = "test-pixels"
-    metric = "FD-test"
-    dim = 6
-
-    def __init__(self, weights=None, allow_download=False):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.proj = torch.nn.Parameter(torch.randn(3 * 4 * 4, self.dim, generator=g), requires_grad=False)
-
-    def forward(self, images):
-        from adasde.evaluation.features import to_channels
-
-        x = to_channels(to_uint8(images), 3).float() / 255
-        x = torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
-        return x @ self.proj
-
-
-register_feature_net("test-pixels", PixelNet)
+PixelNet = projection_net("test-pixels", dim=6, seed=0)
 
 
 def _png(path: Path, arr: np.ndarray) -> None:
