@@ -36,7 +36,7 @@ def make_ddpm_folder(root: Path, prediction_type: str = "epsilon", seed: int = 0
     return root
 
 
-def _tokenizer(root: Path):
+def tiny_tokenizer(root: Path):
     """A CLIP BPE tokenizer from a tiny vocabulary written here (no hub download)."""
     from transformers import CLIPTokenizer
 
@@ -66,7 +66,7 @@ def tiny_sd_components(tmp: Path, seed: int = 0, prediction_type: str = "epsilon
     vae = AutoencoderKL(block_out_channels=[4, 8], norm_num_groups=4, in_channels=3, out_channels=3, latent_channels=4,
                         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
                         sample_size=16)
-    tok = _tokenizer(tmp / "_tok")
+    tok = tiny_tokenizer(tmp / "_tok")
     text = CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=8,
                                         intermediate_size=16, num_attention_heads=2, num_hidden_layers=2,
                                         vocab_size=len(tok.get_vocab()) + 2, max_position_embeddings=16))
@@ -101,7 +101,7 @@ def make_sdxl_folder(root: Path, seed: int = 0) -> Path:
     vae = AutoencoderKL(block_out_channels=[4, 8], norm_num_groups=4, in_channels=3, out_channels=3, latent_channels=4,
                         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
                         sample_size=16)
-    tok = _tokenizer(root.parent / (root.name + "_tok"))
+    tok = tiny_tokenizer(root.parent / (root.name + "_tok"))
     cfg = dict(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=8, intermediate_size=16,
                num_attention_heads=2, num_hidden_layers=2, vocab_size=len(tok.get_vocab()) + 2,
                max_position_embeddings=16)

@@ -4,29 +4,13 @@ attention, KL VAE, CLIP text encoder with a BPE tokenizer written here), sized s
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
+from .diffusers_models import tiny_tokenizer
+
 SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
-
-
-def tokenizer(root: Path):
-    """A CLIP BPE tokenizer over a small vocabulary (letters plus a few merges)."""
-    from transformers import CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}
-    for ch in "abcdefghijklmnopqrstuvwxyz":
-        vocab.setdefault(ch, len(vocab))
-        vocab.setdefault(ch + "</w>", len(vocab))
-    merges = ["#version: 0.2", "a t</w>", "c at</w>", "d o", "do g</w>"]
-    for m in ("at</w>", "cat</w>", "do", "dog</w>"):
-        vocab[m] = len(vocab)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "vocab.json").write_text(json.dumps(vocab))
-    (root / "merges.txt").write_text("\n".join(merges) + "\n")
-    return CLIPTokenizer(vocab=str(root / "vocab.json"), merges=str(root / "merges.txt"), model_max_length=16)
 
 
 def make_sd28_folder(root: Path, seed: int = 0) -> Path:
@@ -42,7 +26,7 @@ def make_sd28_folder(root: Path, seed: int = 0) -> Path:
     vae = AutoencoderKL(block_out_channels=[4, 8], norm_num_groups=4, in_channels=3, out_channels=3, latent_channels=4,
                         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
                         sample_size=28)
-    tok = tokenizer(root.parent / (root.name + "_tok"))
+    tok = tiny_tokenizer(root.parent / (root.name + "_tok"))
     text = CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=8,
                                         intermediate_size=16, num_attention_heads=2, num_hidden_layers=2,
                                         vocab_size=len(tok.get_vocab()) + 2, max_position_embeddings=16))
