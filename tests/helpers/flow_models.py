@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .diffusers_models import _tokenizer
+from .diffusers_models import tiny_tokenizer
 
 WORDS = "▁a ▁cat ▁dog ▁photo ▁of ▁the a c t d o g".split()
 
@@ -46,7 +46,7 @@ def make_sd3_folder(root: Path, seed: int = 0, shift: float = 3.0) -> Path:
     transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8,
                                         num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16,
                                         pooled_projection_dim=16, out_channels=4, pos_embed_max_size=16)
-    tok = _tokenizer(root.parent / (root.name + "_tok"))
+    tok = tiny_tokenizer(root.parent / (root.name + "_tok"))
     pipe = StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=shift), vae=_vae(4, 0.25),
         text_encoder=_clip(tok, True), tokenizer=tok, text_encoder_2=_clip(tok, True), tokenizer_2=tok,
@@ -64,7 +64,7 @@ def make_flux_folder(root: Path, seed: int = 0, guidance: bool = True) -> Path:
     transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
                                          attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
                                          pooled_projection_dim=8, guidance_embeds=guidance, axes_dims_rope=(2, 2, 4))
-    tok = _tokenizer(root.parent / (root.name + "_tok"))
+    tok = tiny_tokenizer(root.parent / (root.name + "_tok"))
     t5tok = t5_tokenizer()
     t5 = T5EncoderModel(T5Config(vocab_size=len(t5tok), d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=2))
     sched = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .diffusers_models import SD_BETAS, _tokenizer
+from .diffusers_models import SD_BETAS, tiny_tokenizer
 
 RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0",
           "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
@@ -153,7 +153,7 @@ def tiny_sd(root: Path, family: str, seed: int = 0) -> tuple[dict[str, torch.Ten
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
-    tok = _tokenizer(root.parent / (root.name + "_tok"))
+    tok = tiny_tokenizer(root.parent / (root.name + "_tok"))
     sched = diffusers.DDIMScheduler(**SD_BETAS, prediction_type="v_prediction" if family == "sd2" else "epsilon",
                                     clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     common = dict(block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
