@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from ..fileio import atomic_write_text
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -48,7 +50,4 @@ def write_report(name: str, text: str, out_dir: str | os.PathLike | None = None)
         path, k = d / f"{stem}.md", 2
         while path.exists():
             path, k = d / f"{stem}-{k}.md", k + 1
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, text)

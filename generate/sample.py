@@ -22,6 +22,7 @@ import torch
 
 from .._version import __version__
 from ..errors import InputFileError, UsageError
+from ..evaluation.pipeline import write_json
 from ..policy import AUTO, Plan, plan
 from ..runtime import barrier, rank_world
 from ..runtime import device as parse_device
@@ -65,12 +66,6 @@ def infotext(spec: str, p: Plan, seed: int | None = None, prompt: str | None = N
         parts.append("AdaSDE coefficients: untrained")
     parts += [f"Model: {spec}", f"adasde {__version__}"]
     return (f"{prompt}\n" if prompt else "") + ", ".join(parts)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _run_key(record: dict[str, Any]) -> dict[str, Any]:
@@ -171,7 +166,7 @@ def sample_images(
         if rank == 0:
             have = _check_folder(out_dir, record)
             out_dir.mkdir(parents=True, exist_ok=True)
-            _write_json(out_dir / RECORD, {**record, "complete": False})
+            write_json(out_dir / RECORD, {**record, "complete": False})
         if world > 1:
             barrier()
             have = _check_folder(out_dir, record)
@@ -203,7 +198,7 @@ def sample_images(
                      text={"parameters": infotext(model, p, None, None, None, coeffs_sha)})
             record["grid"] = str(grid)
         if out_dir is not None:
-            _write_json(out_dir / RECORD, {**record, "complete": True})
+            write_json(out_dir / RECORD, {**record, "complete": True})
     if world > 1:
         barrier()
     return record
