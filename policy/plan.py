@@ -362,8 +362,8 @@ def plan_for_sigmas(
         if pool and coefficients not in (AUTO, None):
             c = pool[0]
             what += f" ({c.source} was trained on {c.steps} steps, {float(c.sigmas[0]):.4g}..{float(c.sigmas[-1]):.4g})"
-        fix = ("Use the 'adasde' scheduler (it emits the trained grid), or "
-               + _distil_fix(sampler, len(positive) - 1)[0].lower() + _distil_fix(sampler, len(positive) - 1)[1:])
+        distil = _distil_fix(sampler, len(positive) - 1)
+        fix = "Use the 'adasde' scheduler (it emits the trained grid), or " + distil[0].lower() + distil[1:]
         p.notes.append(fallback_note(sampler, info, what, fix))
     p.nfe = count_nfe(sampler, grid, **_count_options(p))
     return p
