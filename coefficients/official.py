@@ -324,6 +324,25 @@ def _num(x: Any) -> float:
     return float(x.item() if torch.is_tensor(x) else x)
 
 
+def _attr(where: Any, name: str, default: float, *states: dict[str, Any]) -> float:
+    """The pickled number ``name`` from the first state that has it (``None`` counts as absent), else ``default``;
+    anything that is not one number is refused with one line."""
+    for state in states:
+        value = state.get(name)
+        if value is None:
+            continue
+        try:
+            out = _num(value)
+        except (TypeError, ValueError, RuntimeError, OverflowError):
+            out = math.nan
+        if isinstance(value, str) or not math.isfinite(out):
+            raise CoefficientFileError(f"official predictor {where}: attribute {name} is {type(value).__name__} "
+                                       f"{str(value)[:40]!r}, not a finite number. Fix: the file is corrupt or not "
+                                       "an AdaSDE predictor; download it again")
+        return out
+    return default
+
+
 def decode_predictor(state: dict[str, Any], where: Any = "<state>") -> dict[str, Any]:
     """Effective ``r, a, c, gamma, w`` from the raw tables (docs/ALGORITHMS.md section 3.1):
     r = sigmoid(raw); c = 1 + min(s_c, .99) tanh(raw/2); a = 1 + min(s_a, .99) tanh(raw/2);
@@ -347,11 +366,11 @@ def decode_predictor(state: dict[str, Any], where: Any = "<state>") -> dict[str,
     if raw_r.ndim == 1:
         raw_r = raw_r[:, None]
     r = torch.sigmoid(raw_r)
-    s_c, s_a = _num(state.get("scale_dir", 0) or 0), _num(state.get("scale_time", 0) or 0)
+    s_c, s_a = _attr(where, "scale_dir", 0.0, state), _attr(where, "scale_time", 0.0, state)
     c = 1 + min(s_c, 0.99) * torch.tanh(table("scale_dir_params", raw_r) / 2) if s_c else torch.ones_like(r)
     a = 1 + min(s_a, 0.99) * torch.tanh(table("scale_time_params", raw_r) / 2) if s_a else torch.ones_like(r)
-    g_max = _num(state.get("gamma", state.get("gamma_max", 0)) or 0)
-    g_min = _num(state["gamma_min"]) if state.get("gamma_min") is not None else GAMMA_MIN_PICKLE
+    g_max = _attr(where, "gamma", _attr(where, "gamma_max", 0.0, state), state)
+    g_min = _attr(where, "gamma_min", GAMMA_MIN_PICKLE, state)
     if g_max:
         gamma = g_min + (g_max - g_min) * torch.sigmoid((table("gamma_params", raw_r) + GAMMA_BIAS) / 2)
     else:
@@ -374,23 +393,26 @@ def _find_predictor(obj: Any) -> Any:
 def import_official(path: str | os.PathLike) -> Coefficients:
     """Coefficients from an official AdaSDE ``network-snapshot-*.pkl`` (docs/ALGORITHMS.md section 3.6), read with
     :class:`SafeUnpickler` (no code from the file runs).  The grid comes from ``samplers.schedules.get_sigmas`` with
-    the pickled schedule type, rho, num_steps and sigma range (EDM default 0.002 .. 80)."""
+    the pickled schedule type, rho, num_steps and sigma range (the predictor's, else the pickled loss object's, which
+    the release's training loop sets from the teacher model; else the EDM default 0.002 .. 80)."""
     p = Path(path)
     data = safe_load_pickle(p)
     model = _find_predictor(data)
     state = _state_dict(model)
+    loss_state = _state_dict(data.get("loss_fn")) if isinstance(data, dict) else {}
     if not state:
         raise CoefficientFileError(f"official predictor {p}: no predictor state found (got {type(model).__name__}). "
                                    "Fix: pass a network-snapshot-*.pkl of an AdaSDE run")
     eff = decode_predictor(state, p)
     steps = eff["r"].shape[0]
-    n = int(_num(state.get("num_steps", steps + 1)))
+    n = int(_attr(p, "num_steps", steps + 1, state))
     if n != steps + 1:
         raise CoefficientFileError(f"official predictor {p}: num_steps={n} but the tables have {steps} rows. "
                                    "Fix: the file is corrupt; download it again")
     schedule = str(state.get("schedule_type", "time_uniform"))
-    rho = _num(state.get("schedule_rho", 1.0))
-    smin, smax = _num(state.get("sigma_min", 0.002)), _num(state.get("sigma_max", 80.0))
+    rho = _attr(p, "schedule_rho", 1.0, state)
+    smin = _attr(p, "sigma_min", 0.002, state, loss_state)
+    smax = _attr(p, "sigma_max", 80.0, state, loss_state)
     try:
         sigmas = get_sigmas(schedule, n, smin, smax, rho, dtype=torch.float64)
     except ValueError as exc:

@@ -280,12 +280,72 @@ def pickle_globals(data: bytes) -> set[tuple[str, str]]:
     return out
 
 
-def build_release_pickle(path, nfe=3, modules=None, evil=None):
-    """A predictor pickle with the structure of the released files: ``dict(model=..., loss_fn=...)``, both EDM
-    persistence objects (``class_name`` without module, ``version`` 6, embedded source, ``state`` = the object's
-    ``__dict__``); the predictor is an ``nn.Module`` whose ``_modules`` hold ``nn.Sigmoid`` and ``nn.Softmax(dim=-1)``
-    (or ``modules``) and whose ``_parameters`` hold the raw tables; the loss object references the solver functions
-    of the ``solvers`` module and holds the teacher grid as a tensor."""
+# The eight released runs (exps/0000N-cifar10-<N>-<NFE>-adasde-dpm-<M>-uni1.0-afs[-ablation]): the attributes that
+# differ between the files and the effective values decoded from them (docs/ALGORITHMS.md section 3.6).  Every file
+# has the same classes and layout; they differ in the table length N - 1 (2..5 rows, so the tensor bytes change from
+# SHORT_BINBYTES to BINBYTES), M, gamma (0 in the ablation runs), gamma_min, scale_dir and (00002) alpha.
+RELEASE_RUNS = {
+    "00000": dict(N=3, M=3, scale_dir=0.05, gamma=0.02, gamma_min=1e-4, r=[0.2265, 0.1606], c=[0.9976, 0.9971],
+                  a=[0.8039, 0.9909], g=[0.01222, 0.0004345]),
+    "00001": dict(N=3, M=3, scale_dir=0.05, gamma=0.0, gamma_min=1e-4, r=[0.2169, 0.172], c=[0.9973, 0.9971],
+                  a=[0.8136, 0.9869]),
+    "00002": dict(N=4, M=3, scale_dir=0.05, gamma=0.01, gamma_min=1e-4, alpha=50.0, r=[0.2109, 0.5184, 0.1603],
+                  c=[0.9889, 1.024, 1.0045], a=[0.8047, 1.1211, 0.9154], g=[0.00010001, 0.00017, 0.00027]),
+    "00003": dict(N=4, M=3, scale_dir=0.05, gamma=0.0, gamma_min=1e-4, r=[0.2181, 0.4547, 0.1557],
+                  c=[0.9981, 1.0072, 1.0031], a=[0.8035, 1.0068, 0.906]),
+    "00004": dict(N=5, M=3, scale_dir=0.1, gamma=0.01, gamma_min=1e-4, r=[0.1842, 0.4072, 0.5663, 0.1457],
+                  c=[0.9991, 0.9975, 1.0139, 1.0151], a=[0.8074, 0.9538, 1.0214, 0.8849],
+                  g=[0.00010001, 0.00017, 0.00021, 0.00031]),
+    "00005": dict(N=5, M=3, scale_dir=0.1, gamma=0.0, gamma_min=2e-4, r=[0.1381, 0.4074, 0.6188, 0.1424],
+                  c=[1.0003, 0.9997, 1.0225, 1.0155], a=[0.805, 0.9599, 1.0113, 0.8503]),
+    "00006": dict(N=6, M=2, scale_dir=0.1, gamma=0.01, gamma_min=2e-4, r=[0.1197, 0.4839, 0.5234, 0.5119, 0.166],
+                  c=[0.9991, 0.9996, 1.001, 1.0304, 1.0225], a=[0.8028, 1.002, 1.0134, 0.9758, 0.8557],
+                  g=[0.00020001, 0.00029, 0.00022, 0.00028, 0.00038]),
+    "00007": dict(N=6, M=2, scale_dir=0.1, gamma=0.0, gamma_min=2e-4, r=[0.1505, 0.4573, 0.5268, 0.5253, 0.1693],
+                  c=[0.9986, 0.9965, 0.9953, 1.0302, 1.0204], a=[0.8025, 1.0063, 1.0086, 1.0044, 0.8723]),
+}
+# what the released predictors and loss objects hold besides the nn.Module bookkeeping (read with the safe loader)
+RELEASE_PREDICTOR_ATTRS = ["training", "dataset_name", "img_resolution", "num_steps", "sampler_stu", "sampler_tea", "M",
+                           "guidance_type", "guidance_rate", "schedule_type", "schedule_rho", "afs", "scale_dir",
+                           "scale_time", "gamma", "max_order", "predict_x0", "lower_order_final", "num_points", "fcn",
+                           "alpha", "gamma_min"]
+RELEASE_PARAMETERS = ["r_params", "scale_dir_params", "scale_time_params", "weight_s", "gamma_params"]
+RELEASE_LOSS_ATTRS = ["num_steps", "solver_stu", "solver_tea", "M", "schedule_type", "schedule_rho", "afs",
+                      "max_order", "sigma_min", "sigma_max", "predict_x0", "lower_order_final", "num_steps_teacher",
+                      "tea_slice", "t_steps", "buffer_model", "buffer_t", "lpips"]
+
+
+def _release_raw(run: dict) -> dict[str, list[list[float]]]:
+    """Raw tables whose section 3.1 mappings give the run's effective values (arbitrary raw gamma when gamma is off,
+    as the ablation files carry untrained ones)."""
+    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    steps = run["N"] - 1
+    g = run.get("g") or [0.0] * steps
+    return {
+        "r_params": [[logit(v)] for v in run["r"]],
+        "scale_dir_params": [[2 * math.atanh((v - 1) / run["scale_dir"])] for v in run["c"]],
+        "scale_time_params": [[2 * math.atanh((v - 1) / 0.2)] for v in run["a"]],
+        "weight_s": [[0.5 * i - 1.0] for i in range(steps)],
+        "gamma_params": ([[2 * logit((v - run["gamma_min"]) / (run["gamma"] - run["gamma_min"])) - B] for v in g]
+                         if run["gamma"] else [[0.3 * i - 0.5] for i in range(steps)]),
+    }
+
+
+def release_src(class_name: str) -> str:
+    """Embedded module source of a persistence object (each released class carries its own file, > 255 chars)."""
+    return SRC + f"class {class_name}: pass\n" + "# a module long enough to be pickled as BINUNICODE\n" * 6
+
+
+def build_release_pickle(path, run="00000", modules=None, evil=None, loss_sigmas=(0.002, 80.0),
+                         dataset="cifar10"):
+    """A predictor pickle with the structure of the released files (what the release's training loop writes:
+    ``pickle.dump(dict(model=predictor, loss_fn=loss_fn))`` after ``.eval().requires_grad_(False).cpu()``): both
+    values are EDM persistence objects (``class_name`` without module, ``version`` 6, embedded source, ``state`` = the
+    object's ``__dict__``); the predictor is an ``nn.Module`` whose ``_parameters`` hold the raw tables and whose
+    ``_modules`` hold ``nn.Sigmoid`` and ``nn.Softmax(dim=-1)`` (or ``modules``), its attributes in the released
+    order; the loss object references the solver functions of the ``solvers`` module, holds the sigma range and the
+    student grid as a tensor.  ``run`` names one of :data:`RELEASE_RUNS` (or is such a dict)."""
+    run = RELEASE_RUNS[run] if isinstance(run, str) else run
     names = ["torch_utils", "torch_utils.persistence", "solvers"]
     with fake_modules(names) as mods:
         def _reconstruct_persistent_obj(meta):
@@ -300,7 +360,8 @@ def build_release_pickle(path, nfe=3, modules=None, evil=None):
             setattr(mods["solvers"], fn, f)
 
         def persistent(obj, class_name):
-            meta = dict(type="class", version=6, module_src=SRC, class_name=class_name, state=dict(obj.__dict__))
+            meta = dict(type="class", version=6, module_src=release_src(class_name), class_name=class_name,
+                        state=dict(obj.__dict__))
             return (_reconstruct_persistent_obj, (meta,))
 
         class adasde_predictor(torch.nn.Module):  # noqa: N801 - name of the original class
@@ -311,47 +372,80 @@ def build_release_pickle(path, nfe=3, modules=None, evil=None):
             def __reduce__(self):
                 return persistent(self, "adasde_loss")
 
-        steps = (nfe + 1) // 2
-        kw = dict(num_steps=steps + 1, sampler_stu="adasde", sampler_tea="dpm", M=3, guidance_type=None,
-                  guidance_rate=0.0, schedule_type="time_uniform", schedule_rho=1.0, afs=True,
-                  dataset_name="cifar10", scale_dir=0.05, scale_time=0.2, gamma=0.02, max_order=3, predict_x0=True,
-                  lower_order_final=True, num_points=1, fcn=False, alpha=20.0)
+        n, m_order, smin, smax = run["N"], run["M"], *loss_sigmas
+        kw = dict(num_steps=n, sampler_stu="adasde", sampler_tea="dpm", M=m_order, guidance_type=None,
+                  guidance_rate=0.0, schedule_rho=1.0, schedule_type="time_uniform", afs=True, dataset_name=dataset,
+                  scale_dir=run["scale_dir"], scale_time=0.2, gamma=run["gamma"], num_points=1, fcn=False,
+                  alpha=run.get("alpha", 20.0), max_order=3, predict_x0=True, lower_order_final=True, img_resolution=32)
         m = adasde_predictor()
-        raw = _raw()
-        for k, v in raw.items():
-            rows = [v[i % len(v)] for i in range(steps)]
-            m.register_parameter(k, torch.nn.Parameter(torch.tensor(rows, dtype=torch.float32)))
+        for k, v in _release_raw(run).items():
+            m.register_parameter(k, torch.nn.Parameter(torch.tensor(v, dtype=torch.float32)))
         for name, mod in (modules or {"sigmoid": torch.nn.Sigmoid(), "softmax": torch.nn.Softmax(dim=-1)}).items():
             m.add_module(name, mod)
         m.eval().requires_grad_(False)
         if evil is not None:  # a callable that plants a payload after eval() walked the modules
             evil(m)
-        for k, v in kw.items():
-            setattr(m, k, v)
-        m.gamma_min, m._init_args, m._init_kwargs = 1e-4, (), dict(kw, img_resolution=32)
+        for k in RELEASE_PREDICTOR_ATTRS[1:-1]:
+            setattr(m, k, kw[k])
+        m.gamma_min, m._init_args, m._init_kwargs = run["gamma_min"], (), kw
+        teacher = 1 + (n - 1) * (m_order + 1)  # AFS teacher grid: M intermediate points per student step
+        loss_kw = dict(num_steps=n, sampler_stu="adasde", sampler_tea="dpm", M=m_order, schedule_type="time_uniform",
+                       schedule_rho=1.0, afs=True, max_order=3, sigma_min=smin, sigma_max=smax, predict_x0=True,
+                       lower_order_final=True)
+        numeric = all(isinstance(v, float) for v in loss_sigmas)
+        grid = get_sigmas("time_uniform", n, smin, smax, 1.0).float() if numeric else torch.zeros(n)
         loss = adasde_loss()
-        loss.__dict__.update(num_steps=steps + 1, solver_stu=mods["solvers"].adasde_sampler,
-                             solver_tea=mods["solvers"].dpm_sampler, M=3, sigma_min=0.002, sigma_max=80.0,
-                             num_steps_teacher=9, tea_slice=[4, 8], t_steps=torch.linspace(80.0, 0.002, steps + 1),
-                             buffer_model=[], buffer_t=[], lpips=None, _init_args=(), _init_kwargs={})
+        loss.__dict__.update({k: v for k, v in loss_kw.items() if not k.startswith("sampler")})
+        loss.__dict__.update(solver_stu=mods["solvers"].adasde_sampler, solver_tea=mods["solvers"].dpm_sampler)
+        loss.__dict__ = {k: loss.__dict__[k] for k in RELEASE_LOSS_ATTRS[:12]}  # the released order
+        loss.__dict__.update(num_steps_teacher=teacher, tea_slice=list(range(m_order + 1, teacher, m_order + 1)),
+                             t_steps=grid, buffer_model=[],
+                             buffer_t=[], lpips=None, _init_args=(), _init_kwargs=loss_kw)
         with open(path, "wb") as f:
-            pickle.dump(dict(model=m, loss_fn=loss), f, protocol=4)
+            pickle.dump(dict(model=m, loss_fn=loss), f)
     return path
 
 
-@pytest.mark.parametrize("nfe", [3, 5, 7, 9])
-def test_release_structure_converts(tmp_path, nfe):
-    path = build_release_pickle(tmp_path / "network-snapshot-000010.pkl", nfe=nfe)
+@pytest.mark.parametrize("run", sorted(RELEASE_RUNS))
+def test_release_structure_converts(tmp_path, monkeypatch, run):
+    from adasde.coefficients.official import safe_load_pickle
+
+    monkeypatch.chdir(tmp_path)  # the embedded source would create SHOULD_NOT_EXIST here
+    info = RELEASE_RUNS[run]
+    path = build_release_pickle(tmp_path / "network-snapshot-000010.pkl", run=run)
     assert pickle_globals(path.read_bytes()) == RELEASE_GLOBALS  # the same classes as the released files
+    data = safe_load_pickle(path)
+    pred, loss = data["model"].state, data["loss_fn"].state
+    assert [k for k in pred if not k.startswith("_")] == RELEASE_PREDICTOR_ATTRS
+    assert list(pred["_parameters"]) == RELEASE_PARAMETERS and list(pred["_modules"]) == ["sigmoid", "softmax"]
+    assert [k for k in loss if not k.startswith("_")] == RELEASE_LOSS_ATTRS
+
     c = import_official(path)
-    assert c.nfe == nfe and c.training["class_name"] == "adasde_predictor" and c.training["kimg"] == 10
-    if nfe == 3:  # the first released run's values
-        for k, vals in EFF.items():
-            assert torch.allclose(getattr(c, k).flatten().double(), torch.tensor(vals, dtype=torch.float64),
-                                  atol=1e-6), k
-    assert torch.equal(c.sigmas, get_sigmas("time_uniform", c.r.shape[0] + 1, 0.002, 80.0, 1.0,
-                                            dtype=torch.float64))
-    assert not os.path.exists("SHOULD_NOT_EXIST")
+    steps = info["N"] - 1
+    assert (c.nfe, c.r.shape, c.K) == (2 * steps - 1, (steps, 1), 1)
+    assert c.training["class_name"] == "adasde_predictor" and c.training["kimg"] == 10
+    assert c.training["gamma_min"] == info["gamma_min"] and c.training["scale_dir"] == info["scale_dir"]
+    for k in ("r", "c", "a"):
+        assert torch.allclose(getattr(c, k).flatten().double(), torch.tensor(info[k], dtype=torch.float64),
+                              atol=1e-6), k
+    gamma = torch.tensor(info.get("g") or [0.0] * steps, dtype=torch.float64)
+    assert torch.allclose(c.gamma.flatten().double(), gamma, rtol=1e-4, atol=1e-9)
+    assert torch.equal(c.w, torch.ones(steps, 1))
+    assert torch.equal(c.sigmas, get_sigmas("time_uniform", info["N"], 0.002, 80.0, 1.0, dtype=torch.float64))
+    assert not (tmp_path / "SHOULD_NOT_EXIST").exists()
+
+
+def test_release_structure_sigma_range_from_loss_object(tmp_path):
+    """The released predictors carry no sigma range; the loss object holds the teacher's (set by the training loop),
+    so a run on another model keeps its own grid end points."""
+    path = build_release_pickle(tmp_path / "p.pkl", run="00002", loss_sigmas=(0.0292, 14.6146), dataset="ms_coco")
+    c = import_official(path)
+    assert (c.model.sigma_min, c.model.sigma_max, c.model.family) == (0.0292, 14.6146, "sd15")
+    assert torch.equal(c.sigmas, get_sigmas("time_uniform", 4, 0.0292, 14.6146, 1.0, dtype=torch.float64))
+    bad = build_release_pickle(tmp_path / "bad.pkl", loss_sigmas=("tiny", 80.0))
+    with pytest.raises(CoefficientFileError, match=r"attribute sigma_min is str 'tiny', not a finite number") as e:
+        import_official(bad)
+    assert "\n" not in str(e.value) and str(bad) in str(e.value)
 
 
 def test_release_structure_modules_stay_inert(tmp_path):
@@ -364,6 +458,8 @@ def test_release_structure_modules_stay_inert(tmp_path):
     mods = data["model"].state["_modules"]
     assert all(isinstance(v, Stub) and not isinstance(v, torch.nn.Module) for v in mods.values())
     assert mods["softmax"].state["dim"] == -1 and isinstance(mods["head"].state["_modules"]["1"], Stub)
+    assert data["model"].source == release_src("adasde_predictor")  # kept as text, never run
+    assert data["loss_fn"].source == release_src("adasde_loss")
     assert import_official(path).nfe == 3
 
 
@@ -377,5 +473,6 @@ def test_release_structure_malicious_refused(tmp_path, evil_cls, called):
     assert not marker.exists()
     path = build_release_pickle(tmp_path / "lin.pkl", modules={"sigmoid": torch.nn.Sigmoid(),
                                                                "proj": torch.nn.Linear(2, 2)})
-    with pytest.raises(CoefficientFileError, match="torch.nn.modules.linear.Linear"):
+    with pytest.raises(CoefficientFileError, match="torch.nn.modules.linear.Linear") as e:
         import_official(path)
+    assert "\n" not in str(e.value) and str(path) in str(e.value) and "Fix:" in str(e.value)
