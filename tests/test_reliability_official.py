@@ -4,7 +4,6 @@ modules named by ``model_index.json``."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from adasde.coefficients import CoefficientFileError, import_official
@@ -37,10 +36,8 @@ def test_small_pickle_cannot_allocate_much(tmp_path, case):
     p = tmp_path / "bomb.pkl"
     p.write_bytes(CASES[case])
     assert p.stat().st_size < 80
-    t0 = time.perf_counter()
-    with pytest.raises(CoefficientFileError, match="too large"):
+    with pytest.raises(CoefficientFileError, match="too large"):  # refused before anything is allocated
         import_official(p)
-    assert time.perf_counter() - t0 < 5
 
 
 def test_diffusers_folder_naming_a_foreign_module_is_refused(tmp_path):
