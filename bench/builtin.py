@@ -141,30 +141,34 @@ def run(samples: int = 5000, seeds: int = 3, nfes: tuple[int, ...] = NFES, solve
             tqdm(total=total, desc="bench builtin", unit="img-NFE", disable=not progress) as bar:
         pending: dict[Future, tuple[Any, ...]] = {
             pool.submit(_ref_job, ch, ref_nfe, batch): ("ref", b, ch[0]) for b, ch in chunks}
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for f in done:
-                tag = pending.pop(f)
-                if tag[0] == "solver":
-                    _, s, k, b = tag
-                    m, dt = f.result()
-                    for key in METRICS:
-                        res[(s, k)][key][b] = m[key]
-                    secs[(s, k)] += dt
-                    bar.update(samples * k)
-                    continue
-                _, b, first = tag
-                parts[b][first], dt = f.result()
-                ref_secs += dt
-                bar.update(len(parts[b][first]) * ref_nfe)
-                if len(parts[b]) < per_block:
-                    continue
-                ref = np.concatenate([parts[b].pop(i) for i in sorted(parts[b])])  # the block, in seed order
-                st = _one_thread(scorer.stats, to_uint8(torch.from_numpy(ref)).float() / 255)
-                ref_fd[b] = _fd(st, scorer.ref)
-                ref_stats = (st.mu, st.sigma)
-                for s, k in cells:
-                    pending[pool.submit(_solver_job, s, k, blocks[b], batch, ref, ref_stats)] = ("solver", s, k, b)
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    tag = pending.pop(f)
+                    if tag[0] == "solver":
+                        _, s, k, b = tag
+                        m, dt = f.result()
+                        for key in METRICS:
+                            res[(s, k)][key][b] = m[key]
+                        secs[(s, k)] += dt
+                        bar.update(samples * k)
+                        continue
+                    _, b, first = tag
+                    parts[b][first], dt = f.result()
+                    ref_secs += dt
+                    bar.update(len(parts[b][first]) * ref_nfe)
+                    if len(parts[b]) < per_block:
+                        continue
+                    ref = np.concatenate([parts[b].pop(i) for i in sorted(parts[b])])  # the block, in seed order
+                    st = _one_thread(scorer.stats, to_uint8(torch.from_numpy(ref)).float() / 255)
+                    ref_fd[b] = _fd(st, scorer.ref)
+                    ref_stats = (st.mu, st.sigma)
+                    for s, k in cells:
+                        pending[pool.submit(_solver_job, s, k, blocks[b], batch, ref, ref_stats)] = ("solver", s, k, b)
+        except BaseException:  # a failed job or Ctrl-C: drop the queued jobs instead of running them all
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     elapsed = time.perf_counter() - t0
     text = _report(res, secs, ref_secs, ref_fd, missing, elapsed, ref_plan, samples=samples, seeds=seeds, nfes=nfes,
                    solvers=solvers, headline=headline, ref_nfe=ref_nfe, batch=batch, workers=workers)
