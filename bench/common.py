@@ -1,4 +1,5 @@
-"""Shared helpers for benchmark reports: machine description, date, Markdown tables, atomic writes."""
+"""Shared helpers for benchmark reports: machine description, date, Markdown tables, hand-written notes, atomic
+writes."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from ..fileio import atomic_write_text
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+NOTES_DIR = Path(__file__).resolve().parent / "notes"
 
 
 def machine() -> str:
@@ -33,6 +35,15 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     out = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
     return "\n".join(out)
+
+
+def notes(name: str) -> str:
+    """The hand-written notes a report carries verbatim (``bench/notes/<name>.md``: what was tried; edited by hand,
+    never generated); "" when there is no such file (an installed package has no notes)."""
+    try:
+        return (NOTES_DIR / f"{name}.md").read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
 
 
 def write_report(name: str, text: str, out_dir: str | os.PathLike | None = None) -> Path:

@@ -98,12 +98,19 @@ class FDScorer:
         self.ref = fd_fmnist_reference("test")
         self.device = device
 
-    def __call__(self, images: torch.Tensor) -> float:
-        from ..evaluation import RunningStats, frechet_distance
+    def stats(self, images: torch.Tensor) -> Any:
+        """Feature mean and covariance (``evaluation.RunningStats``) of images in [0, 1]."""
+        from ..evaluation import RunningStats
 
         stats = RunningStats(self.net.dim)
         for chunk in images.split(500):
             stats.update(self.net(chunk.to(self.device)))
+        return stats
+
+    def __call__(self, images: torch.Tensor) -> float:
+        from ..evaluation import frechet_distance
+
+        stats = self.stats(images)
         res = frechet_distance(stats.mu, stats.sigma, self.ref.mu, self.ref.sigma)
         return float(getattr(res, "value", res))
 
