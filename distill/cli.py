@@ -59,6 +59,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "line from the per-NFE recipe (distill/recipes.py); --no-recipe: the paper's single settings")
     p.add_argument("--init", choices=("scan", "random"), default=None,
                    help="start of the r table: scan on a held-out batch (robust) or the papers' random draw")
+    p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
+                   help="after distilling, learn the time grid jointly with the coefficients against converged "
+                   "endpoints, kept only when the held-out loss falls (AdaSDE and AMED-Solver; docs/ALGORITHMS.md "
+                   "section 3.9); --no-refine: the papers' fixed grid")
+    p.add_argument("--from", dest="start", default=None, metavar="FILE",
+                   help="start from this coefficient file instead of distilling (refine only)")
+    p.add_argument("--refine-trajectories", type=int, default=None,
+                   help="refinement: noise -> converged endpoint pairs to train on (2560)")
+    p.add_argument("--refine-passes", type=int, default=None, help="refinement: passes over them (2)")
+    p.add_argument("--refine-lr", type=float, default=None, help="refinement: Adam lr, cosine to 0 (0.05)")
+    p.add_argument("--teacher-nfe", type=int, default=None,
+                   help="refinement: model calls of the converged Heun solution (35)")
+    p.add_argument("--endpoints", default=None, metavar="FILE",
+                   help="refinement: cache of the converged endpoints, reused by later runs on the same model "
+                   "(e.g. for other NFEs); written when missing")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bptt", action=argparse.BooleanOptionalAction, default=None,
                    help="back-propagate through the student trajectory (AdaSDE default) or teacher-force (AMED)")
@@ -103,8 +118,10 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.steps is None and args.nfe is None:
+    if args.start is None and args.steps is None and args.nfe is None:
         raise UsageError("give --steps N (sampling steps) or --nfe K")
+    if args.start is not None and not args.refine:
+        raise UsageError(f"--from {args.start} with --no-refine has nothing to do; drop --no-refine")
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
     if args.schedule == "paper":
@@ -121,28 +138,81 @@ def _run(args: argparse.Namespace) -> int:
         check_writable(ck, "--checkpoint")
         if ck.resolve() == out.resolve():
             raise UsageError(f"--checkpoint {ck} is the same file as --out; pass another path")
+        if args.endpoints:
+            check_writable(Path(args.endpoints), "--endpoints")
+        if args.start is not None:
+            _check_start(args)
         lock = OutputLock(out, "--out")
     with lock:
         return _distill(args, out, ck, size, rank)
 
 
-def _distill(args: argparse.Namespace, out: Path, ck: Path, size: int, rank: int) -> int:
-    import torch
-
+def _check_start(args: argparse.Namespace) -> None:
+    """--from: a readable AdaSDE or AMED-Solver file (before the model is loaded)."""
     from .. import coefficients
-    from ..conditioning import conditioning_from_args
-    from ..models import load_model
-    from ..runtime import barrier
-    from .adasde import distill
+
+    c = coefficients.load(args.start)  # InputFileError names the file
+    if c.kind not in ("adasde", "amed"):
+        raise UsageError(f"--from {args.start} holds {c.kind!r} coefficients; refinement supports adasde and amed")
+    if args.nfe is not None and c.nfe != args.nfe:
+        raise UsageError(f"--from {args.start} is an NFE-{c.nfe} file, not --nfe {args.nfe}; drop --nfe")
+    if args.steps is not None and c.steps != args.steps:
+        raise UsageError(f"--from {args.start} has {c.steps} steps, not --steps {args.steps}; drop --steps")
+
+
+def _refine(args: argparse.Namespace, model: Any, coeffs: Any, out: Path, ck: Path, cond: Any,
+            rank: int) -> tuple[Any, Path]:
+    """The refinement stage of ``adasde distill`` (distill/refine.py); returns (record, its checkpoint)."""
+    from .refine import RefineOptions, refine
+
+    rck = ck.with_name(ck.name.replace(".ckpt.", ".refine.ckpt.") if ".ckpt." in ck.name else ck.name + ".refine")
+    given = {k: v for k, v in (("trajectories", args.refine_trajectories), ("passes", args.refine_passes),
+                               ("lr", args.refine_lr), ("teacher_nfe", args.teacher_nfe)) if v is not None}
+    o = RefineOptions(seed=args.seed, device=args.device, grad_checkpoint=args.grad_checkpoint,
+                      endpoints=args.endpoints, checkpoint=str(rck), checkpoint_every=args.checkpoint_every,
+                      resume=args.resume, **given)
+    o.condition_fn = cond.distill_condition(o.batch)
+    bar = RefineProgress(disable=args.no_progress or rank != 0)
+    o.progress = bar
+    try:
+        return refine(model, coeffs, o), rck
+    finally:
+        bar.close()
+
+
+class RefineProgress:
+    """tqdm bars for the two phases of refinement (converged endpoints, then training); rank 0 only."""
+
+    def __init__(self, disable: bool = False) -> None:
+        self.disable, self.bar, self.phase = disable, None, None
+
+    def __call__(self, info: dict[str, Any]) -> None:
+        from tqdm import tqdm
+
+        if info["phase"] != self.phase:
+            self.close()
+            self.phase = info["phase"]
+            total = info.get("total", info.get("iterations"))
+            desc = "converged endpoints" if self.phase == "endpoints" else "refine grid"
+            self.bar = tqdm(total=total, unit="batch" if self.phase == "endpoints" else "it", desc=desc,
+                            dynamic_ncols=True, disable=self.disable)
+        self.bar.n = info.get("done", info.get("iteration", 0))
+        if "loss" in info:
+            self.bar.set_postfix(loss=f"{info['loss']:.4g}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _options(args: argparse.Namespace, model: Any, ck: Path, cond: Any) -> tuple[Any, int]:
+    """The first stage's DistillOptions (recipe, flags, conditioning) and its batch."""
     from .features import feature_net_by_name
     from .options import ADASDE_DEFAULTS, AMED_DEFAULTS, DistillOptions
     from .recipes import nfe_of, recipe
 
-    model = load_model(args.model, device=args.device)
-    cond = conditioning_from_args(model, args)
-    model = cond.model
-    if isinstance(model, torch.nn.Module):
-        model.requires_grad_(False)  # gradients flow to x and the coefficients only
     given = {k: v for k, v in (("teacher", args.teacher), ("M", args.M), ("scale_dir", args.scale_dir),
                                ("scale_time", args.scale_time), ("lr", args.lr), ("cosine", args.cosine),
                                ("bptt", args.bptt), ("batch", args.batch), ("trajectories", args.trajectories),
@@ -169,17 +239,49 @@ def _distill(args: argparse.Namespace, out: Path, ck: Path, size: int, rank: int
         opts = dataclasses.replace(opts, plugin=args.base if args.method == "amed_plugin" else None, **given)
     batch = opts.batch or (ADASDE_DEFAULTS if args.method == "adasde" else AMED_DEFAULTS)["batch"]
     opts = dataclasses.replace(opts, condition_fn=cond.distill_condition(batch))
-    bar = TqdmProgress(opts.trajectories, batch, disable=args.no_progress or rank != 0)
-    opts.progress = bar
-    try:
-        if args.method == "adasde":
-            coeffs = distill(model, opts)
-        else:
-            from .amed import distill_amed
+    return opts, batch
 
-            coeffs = distill_amed(model, opts)
-    finally:
-        bar.close()
+
+def _distill(args: argparse.Namespace, out: Path, ck: Path, size: int, rank: int) -> int:
+    import torch
+
+    from .. import coefficients
+    from ..conditioning import conditioning_from_args
+    from ..models import load_model
+    from ..runtime import barrier
+    from .adasde import distill
+
+    model = load_model(args.model, device=args.device)
+    cond = conditioning_from_args(model, args)
+    model = cond.model
+    if isinstance(model, torch.nn.Module):
+        model.requires_grad_(False)  # gradients flow to x and the coefficients only
+    if args.start is not None:
+        from ..policy.model import ModelInfo
+        from ..policy.plan import check_file
+
+        coeffs = coefficients.load(args.start)
+        check_file(coeffs, ModelInfo.of(model), coeffs.kind)
+    else:
+        opts, batch = _options(args, model, ck, cond)
+        bar = TqdmProgress(opts.trajectories, batch, disable=args.no_progress or rank != 0)
+        opts.progress = bar
+        try:
+            if args.method == "adasde":
+                coeffs = distill(model, opts)
+            else:
+                from .amed import distill_amed
+
+                coeffs = distill_amed(model, opts)
+        finally:
+            bar.close()
+    checkpoints = [ck]
+    if args.refine and coeffs.kind in ("adasde", "amed"):
+        coeffs, rck = _refine(args, model, coeffs, out, ck, cond, rank)
+        checkpoints.append(rck)
+    elif args.refine and rank == 0:
+        print(f"note: refinement supports adasde and amed, not {coeffs.kind}; the fixed grid is kept",
+              file=sys.stderr)
     if rank == 0:
         try:
             coefficients.save(coeffs, out)
@@ -189,15 +291,20 @@ def _distill(args: argparse.Namespace, out: Path, ck: Path, size: int, rank: int
                                  f"fix the problem and rerun the same command with --resume (it only re-saves)") \
                 from None
         if not args.keep_checkpoint:
-            with contextlib.suppress(OSError):
-                ck.unlink()
+            for path in checkpoints:
+                with contextlib.suppress(OSError):
+                    path.unlink()
         summary = {"out": str(out), "kind": coeffs.kind, "nfe": coeffs.nfe, "steps": coeffs.steps,
                    "seconds": coeffs.training.get("seconds"),
                    "final_loss": coeffs.training.get("losses", {}).get("final_total"),
                    "r": [round(v, 4) for v in coeffs.r[:, 0].tolist()],
                    "a": [round(v, 4) for v in coeffs.a[:, 0].tolist()],
                    "c": [round(v, 4) for v in coeffs.c[:, 0].tolist()],
-                   "gamma": [float(f"{v:.3g}") for v in coeffs.gamma[:, 0].tolist()]}
+                   "gamma": [float(f"{v:.3g}") for v in coeffs.gamma[:, 0].tolist()],
+                   "sigmas": [float(f"{v:.5g}") for v in coeffs.sigmas.tolist()]}
+        ref = coeffs.training.get("refine")
+        if ref:
+            summary["refine"] = {k: ref[k] for k in ("kept", "heldout_before", "heldout_after")}
         print(json.dumps(summary), file=sys.stdout)
     if size > 1:
         barrier()
