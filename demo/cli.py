@@ -16,6 +16,7 @@ def _run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     cfg = DemoConfig(out=Path(args.out), quick=args.quick, nfe=args.nfe, samples=args.samples,
                      chart_samples=args.chart_samples, trajectories=args.trajectories, seed=args.seed,
+                     refine_trajectories=args.refine_trajectories,
                      device=args.device, chart_nfes=tuple(args.chart_nfes), progress=not args.no_progress)
     try:
         res = run_demo(cfg)
@@ -46,6 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=1000, help="images per solver at the headline NFE")
     p.add_argument("--chart-samples", type=int, default=250, help="images per solver at the other NFEs")
     p.add_argument("--trajectories", type=int, default=1600, help="distillation trajectories")
+    p.add_argument("--refine-trajectories", type=int, default=640,
+                   help="trajectories of the grid refinement after distilling (0 = off; docs/ALGORITHMS.md "
+                   "section 3.9)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")

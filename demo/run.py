@@ -41,6 +41,7 @@ class DemoConfig:
     samples: int = 1000  # images per (solver, headline NFE)
     chart_samples: int = 250  # images per (solver, other NFE)
     trajectories: int = 1600
+    refine_trajectories: int = 640  # endpoint refinement of the grid (docs/ALGORITHMS.md section 3.9); 0 = off
     schedule: tuple[str, float] = ("polynomial", 7.0)  # as the shipped files; see bench/results/builtin.md
     batch: int = 250
     distill_batch: int = 32
@@ -72,6 +73,8 @@ def check_config(cfg: DemoConfig) -> None:
     if cfg.samples < 2 or cfg.chart_samples < 2:
         raise DemoError(f"--samples ({cfg.samples}) and --chart-samples ({cfg.chart_samples}) must be >= 2 "
                         "(FD-FMNIST needs a covariance)")
+    if cfg.refine_trajectories < 0:
+        raise DemoError(f"--refine-trajectories must be >= 0 (0 = no refinement), got {cfg.refine_trajectories}")
     if cfg.trajectories < 1 or cfg.batch < 1 or cfg.distill_batch < 1:
         raise DemoError(f"trajectories ({cfg.trajectories}), batch ({cfg.batch}) and distill_batch "
                         f"({cfg.distill_batch}) must be >= 1")
@@ -255,9 +258,38 @@ def _distil(model: Any, cfg: DemoConfig, out: Path) -> Any:
                      num_steps=n, afs=afs, schedule=cfg.schedule[0], rho=cfg.schedule[1], seed=cfg.seed,
                      device=cfg.device, progress=progress, **settings)  # the model's recipe, the demo's budget
     bar.close()
+    if cfg.refine_trajectories > 0:
+        coeffs = _refine(model, coeffs, cfg)
     path = out / f"adasde-builtin-fmnist-nfe{cfg.nfe}.safetensors"
     save(coeffs, path)
     return coeffs
+
+
+def _refine(model: Any, coeffs: Any, cfg: DemoConfig) -> Any:
+    """The grid refinement stage at the demo's budget (a fifth of the trajectories held out)."""
+    from ..distill.refine import refine
+
+    bars: dict[str, Any] = {}
+
+    def progress(info: dict[str, Any]) -> None:
+        phase = info["phase"]
+        if phase not in bars:
+            for b in bars.values():
+                b.close()
+            total = info.get("total", info.get("iterations"))
+            desc = "converged endpoints" if phase == "endpoints" else f"refining the grid (NFE {cfg.nfe})"
+            bars[phase] = tqdm(total=total, desc=desc, unit="batch" if phase == "endpoints" else "it",
+                               disable=not cfg.progress)
+        bars[phase].n = info.get("done", info.get("iteration", 0))
+        bars[phase].refresh()
+
+    try:
+        return refine(model, coeffs, trajectories=cfg.refine_trajectories,
+                      heldout=max(cfg.distill_batch, cfg.refine_trajectories // 5), batch=cfg.distill_batch,
+                      seed=cfg.seed, device=cfg.device, progress=progress)
+    finally:
+        for b in bars.values():
+            b.close()
 
 
 def _write_report(cfg: DemoConfig, res: DemoResult, coeffs: dict, grids: dict[str, Path],

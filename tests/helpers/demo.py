@@ -76,6 +76,7 @@ def run_reduced_demo(base: Path) -> DemoRun:
     t = time.perf_counter()
     rc, out, err = run_cli(["demo", "--out", str(base / "out"), "--nfe", str(NFE), "--chart-nfes",
                             *map(str, CHART_NFES), "--samples", str(SAMPLES), "--chart-samples",
-                            str(CHART_SAMPLES), "--trajectories", str(TRAJECTORIES), "--no-progress"],
+                            str(CHART_SAMPLES), "--trajectories", str(TRAJECTORIES), "--refine-trajectories",
+                            str(TRAJECTORIES), "--no-progress"],
                            [coef_dir], empty)
     return DemoRun(base / "out", coef_dir, rc, out, err, time.perf_counter() - t)
