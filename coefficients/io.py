@@ -274,6 +274,42 @@ def validate(coeffs: Coefficients, where: Any = None) -> None:
         raise _err(p, "kind 'amed' needs predictor weights (tensors 'predictor.*')", redo)
     for name, t in (coeffs.predictor or {}).items():
         _finite(p, PREFIX + name, t.detach().to(torch.float64))
+    _check_amed(p, coeffs, redo)
+
+
+def _check_amed(p: Any, coeffs: Coefficients, redo: str) -> None:
+    """AMED predictor weights must rebuild the network of docs/ALGORITHMS.md section 4.1 from their config; AMED-Plugin
+    solver options must be a valid solver form of the base (section 4.3); other kinds carry neither."""
+    from ..samplers.amed import AMEDPredictor, plugin_solver
+
+    if coeffs.predictor:
+        if coeffs.kind not in ("amed", "amed_plugin"):
+            raise _err(p, f"kind {coeffs.kind!r} carries AMED predictor weights ('predictor.*')", redo)
+        cfg = coeffs.predictor_config
+        if cfg is not None and not isinstance(cfg, dict):
+            raise _err(p, f"predictor_config must be an object, got {str(cfg)[:80]!r}", redo)
+        shape = lambda k, i: tuple(coeffs.predictor[k].shape)[i] if k in coeffs.predictor else None  # noqa: E731
+        implied = {"hidden": shape("enc1.weight", 0), "bottleneck_dim": shape("enc1.weight", 1),
+                   "feat_dim": shape("enc2.weight", 0), "emb_dim": shape("time_layer.weight", 0)}
+        for key, size in implied.items():  # sizes come from the tensors, never from the header alone
+            if key in (cfg or {}) and cfg[key] != size:
+                raise _err(p, f"predictor_config {key}={str(cfg[key])[:40]} does not match the predictor weights "
+                           f"({size})", redo)
+        try:
+            AMEDPredictor.from_state(coeffs.predictor_config, coeffs.predictor)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise _err(p, f"the AMED predictor does not load: {str(exc).splitlines()[0][:200]}", redo) from None
+    opts = coeffs.solver_options
+    if opts is None:
+        return
+    if coeffs.kind != "amed_plugin":
+        raise _err(p, f"kind {coeffs.kind!r} carries AMED-Plugin solver_options", redo)
+    if not isinstance(opts, dict):
+        raise _err(p, f"solver_options must be an object, got {str(opts)[:80]!r}", redo)
+    try:
+        plugin_solver(str(coeffs.base), opts)
+    except ValueError as exc:
+        raise _err(p, f"solver_options {str(opts)[:120]}: {exc}", redo) from None
 
 
 # ------------------------------------------------------------------------------------------------ save / load
@@ -313,6 +349,7 @@ def to_metadata(coeffs: Coefficients) -> dict[str, Any]:
         "training": training,
         "losses": training.get("losses"),
         "predictor_config": coeffs.predictor_config,
+        "solver_options": coeffs.solver_options,
     })
 
 
@@ -368,7 +405,8 @@ def from_metadata(meta: dict[str, Any], tensors: dict[str, torch.Tensor], path: 
         schedule=_get(meta, "schedule", str, p), rho=_get(meta, "rho", (int, float), p),
         afs=_get(meta, "afs", bool, p), model=ident, kind=_get(meta, "kind", str, p),
         base=_get(meta, "base", str, p, None), predictor=predictor,
-        predictor_config=_get(meta, "predictor_config", dict, p, None), training=training,
+        predictor_config=_get(meta, "predictor_config", dict, p, None),
+        solver_options=_get(meta, "solver_options", dict, p, None), training=training,
         version=int(meta["version"]), source=str(p),
     )
     validate(coeffs, where=p)

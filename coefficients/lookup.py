@@ -190,8 +190,8 @@ def describe(coeffs: Coefficients | None) -> str:
     """One line for UIs and logs: kind, family, NFE, steps, AFS, file."""
     if coeffs is None:
         return "untrained AdaSDE (DPM-Solver-2: r=0.5, a=c=1, gamma=0)"
-    kind = {"adasde": "AdaSDE", "amed": "AMED", "amed_plugin": f"AMED-Plugin({coeffs.base})"}.get(coeffs.kind,
-                                                                                                   coeffs.kind)
+    form = f"{coeffs.base}, {'predictor' if coeffs.predictor else 'constant'}"
+    kind = {"adasde": "AdaSDE", "amed": "AMED", "amed_plugin": f"AMED-Plugin({form})"}.get(coeffs.kind, coeffs.kind)
     afs = ", AFS" if coeffs.afs else ""
     src = Path(coeffs.source).name if coeffs.source else "in memory"
     return (f"{kind} · {coeffs.model.family} · NFE {coeffs.nfe} ({coeffs.steps} steps, K={coeffs.K}{afs}, "

@@ -35,7 +35,9 @@ class Coefficients:
 
     ``sigmas`` holds the ``steps + 1`` positive student grid points (no trailing zero).  ``kind`` is ``"adasde"``,
     ``"amed"`` (AMED-Solver; ``predictor`` holds the network weights, the tables its constant fallback) or
-    ``"amed_plugin"`` (``base`` names the base solver: euler, dpm_2, ipndm, dpmpp).
+    ``"amed_plugin"`` (``base`` names the base solver: euler, dpm_2, ipndm, dpmpp; ``predictor`` the network g_phi
+    it was distilled with, the tables its constant fallback, or None for constant tables; ``solver_options`` the
+    base's solver form it was trained with: max_order, predict_x0, lower_order_final, taylor_d2, thresholding).
     """
 
     r: torch.Tensor
@@ -52,6 +54,7 @@ class Coefficients:
     base: str | None = None
     predictor: dict[str, torch.Tensor] | None = None
     predictor_config: dict[str, Any] | None = None
+    solver_options: dict[str, Any] | None = None  # AMED-Plugin: the base solver's form (samplers.amed.plugin_solver)
     training: dict[str, Any] = field(default_factory=dict)  # teacher, M, lr, batch, trajectories, seed, losses ...
     version: int = FORMAT_VERSION
     source: str | None = None  # file it was loaded from (not saved)

@@ -496,7 +496,8 @@ def _default(name: str, r: list[list[float]]) -> list[list[float]]:
 
 
 class AMEDPluginScheduler(AdaSDEScheduler):
-    """AMED-Plugin (CVPR 2024, docs/ALGORITHMS.md section 4.3) with constant per-step r, a, c on a base solver.
+    """AMED-Plugin (CVPR 2024, docs/ALGORITHMS.md section 4.3) with constant per-step r, a, c on a base solver (a file
+    distilled with the predictor g_phi contributes its zero-feature tables, section 4.5, with a warning).
 
     ``base="euler"``: x_s = x_n + (s - t_n) d_n, x_{n+1} = x_s + c (t_{n+1} - s) d_s;
     ``base="dpm_2"``: x_{n+1} = x_n + c (t_{n+1} - t_n) [(1/2r) d_s + (1 - 1/2r) d_n]
@@ -517,6 +518,10 @@ class AMEDPluginScheduler(AdaSDEScheduler):
                              "dpmpp) run through adasde.samplers instead")
         if co.K != 1:
             raise UsageError(f"AMED-Plugin uses one inserted point per interval, the coefficients have K={co.K}")
+        if co.predictor is not None:
+            warnings.warn("AMED-Plugin coefficients with a predictor: a diffusers scheduler has no bottleneck "
+                          "features, so the per-sample predictor is replaced by its constant tables (its outputs on "
+                          "zero features, docs/ALGORITHMS.md section 4.5)", stacklevel=3)
 
     def _build_evals(self) -> None:
         base = self.config.base or "euler"

@@ -34,6 +34,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--nfe", type=int, default=None, help="target NFE instead of --steps")
     p.add_argument("--method", choices=("adasde", "amed", "amed_plugin"), default="adasde")
     p.add_argument("--base", default="ipndm", help="base solver of --method amed_plugin (euler, dpm_2, ipndm, dpmpp)")
+    p.add_argument("--constant", action="store_true",
+                   help="--method amed_plugin: train constant per-step r, c, a tables instead of the AMED predictor "
+                   "network on the model's bottleneck (the default, as the AMED paper)")
+    p.add_argument("--max-order", type=int, default=None,
+                   help="--method amed_plugin: order of the ipndm (<= 4, default 4) / dpmpp (<= 3, default 3) base")
+    p.add_argument("--predict-x0", action=argparse.BooleanOptionalAction, default=None,
+                   help="--method amed_plugin --base dpmpp: data prediction (default) or noise prediction "
+                   "(--no-predict-x0, the AMED reference's setting for latent models)")
+    p.add_argument("--lower-order-final", action=argparse.BooleanOptionalAction, default=None,
+                   help="--method amed_plugin: lower the order on the last sub-steps (default: on for dpmpp)")
+    p.add_argument("--thresholding", action=argparse.BooleanOptionalAction, default=None,
+                   help="--method amed_plugin --base dpmpp: dynamic thresholding of the data predictions (default: "
+                   "on with data prediction, as the AMED reference; pixel models with data in [-1, 1] only)")
     p.add_argument("--afs", action=argparse.BooleanOptionalAction, default=True, help="analytical first step")
     p.add_argument("--schedule", default=None,
                    help="polynomial | logsnr | time_uniform | discrete | flow_shift, or 'paper' for the paper's "
@@ -147,6 +160,24 @@ def _run(args: argparse.Namespace) -> int:
         return _distill(args, out, ck, size, rank)
 
 
+def _plugin_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The AMED-Plugin base's solver form from the flags, the --preset's solver form filling the ones not given
+    (latent presets: noise prediction, as the AMED reference trains its LDM / SD plugins)."""
+    if args.method != "amed_plugin":
+        return None
+    from ..policy.presets import preset_of
+
+    preset = preset_of(args)
+    keys = {"dpmpp": ("max_order", "predict_x0", "lower_order_final"), "ipndm": ("max_order",)}.get(args.base, ())
+    opts = {k: v for k, v in (preset.solver_options if preset is not None else {}).items() if k in keys}
+    if args.base == "ipndm" and "max_order" in opts:
+        opts["max_order"] = min(int(opts["max_order"]), 4)
+    given = {"max_order": args.max_order, "predict_x0": args.predict_x0, "lower_order_final": args.lower_order_final,
+             "thresholding": args.thresholding}
+    opts.update({k: v for k, v in given.items() if v is not None})
+    return opts or None
+
+
 def _check_start(args: argparse.Namespace) -> None:
     """--from: a readable AdaSDE or AMED-Solver file (before the model is loaded)."""
     from .. import coefficients
@@ -236,7 +267,15 @@ def _options(args: argparse.Namespace, model: Any, ck: Path, cond: Any) -> tuple
         if args.gamma_max is not None:
             raise UsageError(f"--gamma-max {args.gamma_max} is an AdaSDE setting; AMED has no churn. "
                              "Fix: drop --gamma-max")
-        opts = dataclasses.replace(opts, plugin=args.base if args.method == "amed_plugin" else None, **given)
+        opts = dataclasses.replace(opts, plugin=args.base if args.method == "amed_plugin" else None,
+                                   constant=args.constant, plugin_options=_plugin_options(args), **given)
+    if args.method != "amed_plugin":
+        flags = [f for f, v in (("--constant", args.constant), ("--max-order", args.max_order),
+                                ("--predict-x0", args.predict_x0), ("--lower-order-final", args.lower_order_final),
+                                ("--thresholding", args.thresholding)) if v not in (None, False)]
+        if flags:
+            raise UsageError(f"{', '.join(flags)} only apply to --method amed_plugin. Fix: drop them, or add "
+                             "--method amed_plugin --base BASE")
     batch = opts.batch or (ADASDE_DEFAULTS if args.method == "adasde" else AMED_DEFAULTS)["batch"]
     opts = dataclasses.replace(opts, condition_fn=cond.distill_condition(batch))
     return opts, batch

@@ -125,6 +125,7 @@ class LoopConfig:
     resume: bool = False
     max_loss_factor: float = 1e4
     teacher_forcing: bool | None = None  # restart step n from y_n; default: not bptt
+    teacher_options: dict[str, Any] | None = None  # solver form of the ipndm / dpmpp teacher (AMED-Plugin base)
     settings: dict[str, Any] = field(default_factory=dict)  # identifies the run (compared on resume)
 
 
@@ -277,7 +278,8 @@ def run(
             def where(j: int, ta: float, tb: float, it: int = it) -> None:
                 guard.where = f"iteration {it}, teacher interval {j} (sigma {ta:.6g} -> {tb:.6g})"
 
-            ys = teacher_trajectory(guard, x, cfg.fine, cfg.M, cfg.teacher, extra, cfg.flow, on_interval=where)
+            ys = teacher_trajectory(guard, x, cfg.fine, cfg.M, cfg.teacher, extra, cfg.flow, on_interval=where,
+                                    options=cfg.teacher_options)
             if cfg.loss != "l2":
                 with torch.no_grad():
                     feat_t = cfg.feature_net(cfg.decoder(ys[-1]))

@@ -26,7 +26,7 @@ AMED_DEFAULTS: dict[str, Any] = {  # AMED-Solver / AMED-Plugin (section 4.4)
     "scale_dir": 0.01, "scale_time": 0.0, "lr": 5e-3, "cosine": False, "batch": 128, "bptt": False,
 }
 ADASDE_ONLY = ("K", "gamma_max", "loss", "feature_net", "decoder", "alpha")
-AMED_ONLY = ("plugin", "predictor")
+AMED_ONLY = ("plugin", "predictor", "constant", "plugin_options")
 
 
 @dataclass
@@ -78,7 +78,9 @@ class DistillOptions:
     name: str | None = None  #: model name stored in the file
     # --- AMED ---
     plugin: str | None = None  #: AMED-Plugin base (euler, dpm_2, ipndm, dpmpp); None trains AMED-Solver
-    predictor: torch.nn.Module | None = None  #: AMED-Solver predictor to train (default: a fresh one)
+    predictor: torch.nn.Module | None = None  #: AMED predictor to train (default: a fresh one)
+    constant: bool = False  #: AMED-Plugin: constant per-step r, c, a tables instead of the predictor g_phi
+    plugin_options: dict[str, Any] | None = None  #: AMED-Plugin base's solver form (max_order, predict_x0, ...)
 
     def with_defaults(self, defaults: dict[str, Any]) -> DistillOptions:
         """A copy with every ``None`` field named in ``defaults`` filled in."""

@@ -64,7 +64,7 @@ class HeldOut:
             extra = {k: v.to(cfg.device) if torch.is_tensor(v) else v for k, v in extra.items()}
         self.extra, self.n = extra, n
         parts = [teacher_trajectory(model, self.x[lo:hi], cfg.fine, cfg.M, cfg.teacher, _rows(extra, n, lo, hi),
-                                    cfg.flow) for lo, hi in self._chunks()]
+                                    cfg.flow, options=cfg.teacher_options) for lo, hi in self._chunks()]
         self.ys = [torch.cat([p[j] for p in parts]) for j in range(len(parts[0]))]
         noise = SeededNoise(self.x, seeds)
         steps = len(cfg.sigmas) - 1

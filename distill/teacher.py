@@ -8,9 +8,12 @@ All teachers use the ODE direction ``d = (x - D(x; sigma)) / sigma``, valid for 
   t_a, t_m, t_b with t_m placed by polynomial rho = 7 interpolation; sub-step s = sqrt(t_a t_b),
   x' = x + (s - t_a) d(x, t_a), x_b = x + (t_b - t_a) d(x', s).  4 NFE per interval.
 * ``heun``  (AMED-Solver): EDM Heun per interval, 2 NFE.
-* ``dpmpp`` DPM-Solver++(2M), data prediction in lambda = -ln sigma, 1 NFE per interval (sigma-form models only).
+* ``dpmpp`` DPM-Solver++(2M), data prediction in lambda = -ln sigma, 1 NFE per interval (sigma-form models only);
+  with ``options`` (the AMED-Plugin base's solver form, section 4.3) the multistep solver of that form: order up to
+  ``max_order``, lower-order-final, data or noise prediction, dynamic thresholding, as the AMED reference's teacher.
 * ``euler`` 1 NFE per interval.
-* ``ipndm`` iPNDM (fixed Adams-Bashforth weights, order <= 4, section 5), 1 NFE per interval (AMED-Plugin on iPNDM).
+* ``ipndm`` iPNDM (fixed Adams-Bashforth weights, order <= 4 or ``options["max_order"]``, section 5), 1 NFE per
+  interval (AMED-Plugin on iPNDM).
 * ``student`` the student's own solver, untrained (AdaSDE with r = 0.5, a = c = 1, gamma = 0 = DPM-Solver-2 midpoint),
   2 NFE per interval: use with a large M.
 """
@@ -24,6 +27,8 @@ from typing import Any
 import torch
 
 from ..errors import UsageError
+from ..samplers.baselines import dpmpp_weights, dynamic_threshold
+from ..samplers.common import lincomb
 
 TEACHERS = ("dpm2", "heun", "dpmpp", "euler", "ipndm", "student")
 NFE_PER_INTERVAL = {"dpm2": 4, "heun": 2, "dpmpp": 1, "euler": 1, "ipndm": 1, "student": 2}
@@ -56,11 +61,13 @@ def teacher_trajectory(
     extra_args: dict | None = None,
     flow: bool = False,
     on_interval: Callable[[int, float, float], None] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> list[torch.Tensor]:
     """States of the teacher at the student grid points 1 .. N-1 (every ``(M + 1)``-th point of ``fine``).
 
     ``fine``: the teacher grid as floats (no trailing zero); ``on_interval(j, t_a, t_b)`` is called before each
-    teacher interval (used to name the sigma in error messages).  Runs under ``torch.no_grad``.
+    teacher interval (used to name the sigma in error messages); ``options``: the solver form of the ``ipndm`` /
+    ``dpmpp`` teachers (``samplers.amed.plugin_solver``; module docstring).  Runs under ``torch.no_grad``.
     """
     if kind not in TEACHERS:
         raise UsageError(f"unknown teacher {kind!r}; choose one of {', '.join(TEACHERS)}")
@@ -71,6 +78,9 @@ def teacher_trajectory(
     prev_den: torch.Tensor | None = None
     prev_h: float | None = None
     hist: list[torch.Tensor] = []
+    hist_s: list[float] = []
+    form = options or {}
+    ab_order = int(form.get("max_order") or 4) if kind == "ipndm" else 4
     with torch.no_grad():
         for j in range(len(fine) - 1):
             ta, tb = fine[j], fine[j + 1]
@@ -92,9 +102,11 @@ def teacher_trajectory(
                 x = x + (tb - ta) * d
             elif kind == "ipndm":
                 d, _ = _d(model, x, ta, extra)
-                hist = (hist + [d])[-4:]
+                hist = (hist + [d])[-ab_order:]
                 b = AB[len(hist)]
                 x = x + (tb - ta) * sum(w * h for w, h in zip(b, reversed(hist)))
+            elif options is not None:  # dpmpp in the AMED-Plugin base's form (section 4.3)
+                x = _dpmpp_form(model, x, fine, j, hist, hist_s, form, extra)
             else:  # dpmpp (2M), section 5
                 _, den = _d(model, x, ta, extra)
                 h = math.log(ta) - math.log(tb)
@@ -109,6 +121,29 @@ def teacher_trajectory(
             if (j + 1) % (M + 1) == 0:
                 states.append(x)
     return states
+
+
+def _dpmpp_form(model: Callable, x: torch.Tensor, fine: list[float], j: int, hist: list[torch.Tensor],
+                hist_s: list[float], form: dict[str, Any], extra: dict) -> torch.Tensor:
+    """One DPM-Solver++ multistep interval fine[j] -> fine[j + 1] (docs/ALGORITHMS.md section 5) of the given solver
+    form; order history + 1 while below max_order, then min(max_order, intervals left) with lower-order-final."""
+    ta, tb = fine[j], fine[j + 1]
+    cap = int(form.get("max_order") or 3)
+    px0 = form.get("predict_x0") is not False
+    _, den = _d(model, x, ta, extra)
+    if px0:
+        m = dynamic_threshold(den) if form.get("thresholding") else den
+    else:
+        m = (x - den) / ta
+    order = min(cap, len(hist) + 1)
+    if order == cap and form.get("lower_order_final"):
+        order = max(1, min(cap, len(fine) - 1 - j))
+    k, w = dpmpp_weights(hist_s, ta, tb, order, px0, bool(form.get("taylor_d2")))
+    x = lincomb([(k, x), (w[0], m)] + [(w[i], hist[-i]) for i in range(1, order)])
+    hist.append(m)
+    hist_s.append(ta)
+    del hist[: max(0, len(hist) - 2)], hist_s[: max(0, len(hist_s) - 2)]
+    return x
 
 
 def teacher_nfe(kind: str, num_steps: int, M: int) -> int:

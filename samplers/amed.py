@@ -36,7 +36,47 @@ from .common import (
 
 PLUGIN_BASES = ("euler", "dpm_2", "ipndm", "dpmpp")
 DEFAULT_MAX_ORDER = {"ipndm": 4, "dpmpp": 3}  # the AMED reference's defaults
+ORDER_LIMIT = {"ipndm": 4, "dpmpp": 3}
+SOLVER_KEYS = ("max_order", "predict_x0", "lower_order_final", "taylor_d2", "thresholding")
 Features = Callable[[], torch.Tensor | None]
+
+
+def plugin_solver(base: str, stored: dict[str, Any] | None = None, **given: Any) -> dict[str, Any]:
+    """The solver form of an AMED-Plugin base (docs/ALGORITHMS.md section 4.7): each of :data:`SOLVER_KEYS` from
+    ``given`` (not None), else from ``stored`` (the form a coefficient file was trained with), else the AMED
+    reference's default: max_order 4 (ipndm) / 3 (dpmpp), data prediction, lower-order-final on for dpmpp only, the
+    reference's -phi_3 D2 term, and dynamic thresholding exactly when the dpmpp base runs in data-prediction mode
+    (the reference thresholds every data prediction there; noise-prediction mode, the reference's LDM / SD setting,
+    has nothing to threshold).  Keys that do not apply to ``base`` are None.  Raises ValueError on a bad value."""
+    if base not in PLUGIN_BASES:
+        raise ValueError(f"AMED-Plugin: unknown base solver {base!r}; choose one of {', '.join(PLUGIN_BASES)}")
+    unknown = sorted(set(stored or {}) - set(SOLVER_KEYS)) + sorted(set(given) - set(SOLVER_KEYS))
+    if unknown:
+        raise ValueError(f"AMED-Plugin: unknown solver option(s) {', '.join(unknown)}; the options are "
+                         f"{', '.join(SOLVER_KEYS)}")
+
+    def pick(key: str, default: Any) -> Any:
+        for src in (given, stored or {}):
+            if src.get(key) is not None:
+                return src[key]
+        return default
+
+    out: dict[str, Any] = dict.fromkeys(SOLVER_KEYS)
+    if base in ORDER_LIMIT:
+        order = pick("max_order", DEFAULT_MAX_ORDER[base])
+        if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= ORDER_LIMIT[base]:
+            raise ValueError(f"AMED-Plugin: max_order for base {base!r} must be an integer in 1..{ORDER_LIMIT[base]}, "
+                             f"got {order!r}")
+        out["max_order"] = order
+        out["lower_order_final"] = bool(pick("lower_order_final", base == "dpmpp"))
+    if base == "dpmpp":
+        out["predict_x0"] = bool(pick("predict_x0", True))
+        out["taylor_d2"] = bool(pick("taylor_d2", False))
+        out["thresholding"] = bool(pick("thresholding", out["predict_x0"]))
+    for key, v in out.items():
+        if v is not None and key != "max_order" and not isinstance(v, bool):
+            raise ValueError(f"AMED-Plugin: {key} must be true or false, got {v!r}")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------ predictor
@@ -47,15 +87,17 @@ def pool_bottleneck(h: torch.Tensor | None, batch: int, size: int = 8) -> torch.
     if h is None:
         return torch.zeros(batch, size * size)
     h = h.detach()
+    if h.dtype != torch.float64:
+        h = h.float()  # half-precision host features are averaged in float32 (float64 ones stay float64)
     if h.shape[0] != batch:
         raise ValueError(
             f"AMED: the bottleneck feature has {h.shape[0]} rows but the batch has {batch}; under CFG the host adapter "
             f"must return the conditional half only (section 4.1)"
         )
     if h.ndim == 2 and h.shape[1] == size * size:
-        return h.float()
+        return h
     if h.ndim == 4:
-        h = h.float().mean(1)
+        h = h.mean(1)
     if h.ndim != 3:
         raise ValueError(f"AMED: expected a bottleneck map [B, C, h, w], got shape {tuple(h.shape)}")
     if tuple(h.shape[1:]) != (size, size):
@@ -268,15 +310,17 @@ def plugin_step(
     predict_x0: bool = True,
     remaining: int | None = None,
     taylor_d2: bool = False,
-    thresholding: bool = False,
+    thresholding: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One AMED-Plugin step t_n -> s -> t_{n+1} on ``base`` (docs/ALGORITHMS.md section 4.3); differentiable in r, c, a.
 
     ``denoised`` = D(x; t_n); ``r, c, a`` numbers or per-sample ``[B]``; ``history`` is updated in place (multistep
     bases); ``remaining``: sub-steps left on the combined grid including this step's first one (for
-    ``lower_order_final``; None = no cap); ``thresholding``: dynamic thresholding of the data predictions kept by the
-    dpmpp base in data-prediction mode (``baselines.dynamic_threshold``, as the AMED reference; for pixel models with
-    data in [-1, 1]).  Returns ``(x_{n+1}, D(x_s; a s))``.
+    ``lower_order_final``; None = no cap).  Multistep order: min(max_order, history + 1) while the history is short,
+    then min(max_order, sub-steps left) (the AMED reference's and DPM-Solver's rule).  ``thresholding``: dynamic
+    thresholding of every data prediction the dpmpp base keeps in data-prediction mode (``baselines.dynamic_threshold``;
+    None: on in data-prediction mode, as the AMED reference; for pixel models with data in [-1, 1]).
+    Returns ``(x_{n+1}, D(x_s; a s))``.
     """
     if base not in PLUGIN_BASES:
         raise ValueError(f"AMED-Plugin: unknown base solver {base!r}; choose one of {', '.join(PLUGIN_BASES)}")
@@ -291,9 +335,11 @@ def plugin_step(
     order_cap = DEFAULT_MAX_ORDER[base] if max_order is None else int(max_order)
 
     def order(available: int, sub: int) -> int:
-        """min(max_order, history + 1, sub-steps left) for the first (sub = 0) or second (sub = 1) half-step."""
-        o = min(order_cap, available + 1)
-        return o if remaining is None else max(1, min(o, remaining - sub))
+        """history + 1 while that is below max_order, else min(max_order, sub-steps left) for the first (sub = 0) or
+        second (sub = 1) half-step (lower-order-final only caps a full-order step, as in the reference)."""
+        if available + 1 < order_cap or remaining is None:
+            return min(order_cap, available + 1)
+        return max(1, min(order_cap, remaining - sub))
 
     if base == "ipndm":  # both half-steps Adams-Bashforth over all earlier half-point directions
         d = (x - denoised) / sigma
@@ -306,6 +352,8 @@ def plugin_step(
         del hist.d[: max(0, len(hist.d) - (order_cap - 1))]
         return x_next, den_s
     # dpmpp: two ordinary multistep updates on the combined grid; the second one's model terms scaled by c
+    if thresholding is None:
+        thresholding = predict_x0
     fix = dynamic_threshold if (thresholding and predict_x0) else (lambda t: t)
     m = fix(denoised) if predict_x0 else (x - denoised) / sigma
     o = order(len(hist.m), 0)
@@ -390,18 +438,20 @@ def sample_amed_plugin(
     coeffs: Any = None,
     afs: bool | None = None,
     max_order: int | None = None,
-    predict_x0: bool = True,
+    predict_x0: bool | None = None,
     lower_order_final: bool | None = None,
-    taylor_d2: bool = False,
-    thresholding: bool = False,
+    taylor_d2: bool | None = None,
+    thresholding: bool | None = None,
     flow: bool | None = None,
 ) -> torch.Tensor:
     """AMED-Plugin (docs/ALGORITHMS.md section 4.3) on ``base`` = euler|dpm_2|ipndm|dpmpp (default: ``coeffs.base``,
-    else ipndm).  One inserted point per interval, r/c/a from the predictor or per-step constant tables (untrained:
-    r = 0.5, c = a = 1, i.e. the base solver on the grid with geometric midpoints inserted).  ``max_order``: iPNDM
-    (default 4) or DPM-Solver++ (default 3) order on the combined grid; ``lower_order_final`` lowers the order on the
-    last sub-steps (default: on for dpmpp, off for ipndm, as the AMED reference); ``predict_x0``/``taylor_d2``/
-    ``thresholding`` as for :func:`baselines.sample_dpmpp_2m` (:func:`plugin_step`).
+    else ipndm).  One inserted point per interval; r/c/a from the predictor g_phi on the bottleneck (``predictor``,
+    default: the one stored in ``coeffs``; ``features``: the host's bottleneck callable, None = zero features) or
+    from per-step constant tables (untrained: r = 0.5, c = a = 1, i.e. the base solver on the grid with geometric
+    midpoints inserted).  Solver form (:func:`plugin_solver`): each of ``max_order``, ``predict_x0``,
+    ``lower_order_final``, ``taylor_d2``, ``thresholding`` left at None comes from the file
+    (``coeffs.solver_options``, the form it was trained with), else the AMED reference's defaults (dpmpp: order 3,
+    lower-order-final, data prediction with dynamic thresholding; ipndm: order 4).
     NFE = 2 (N - 1) - [AFS] (+1 with a trailing 0).
     """
     stored = getattr(coeffs, "base", None) if coeffs is not None else None
@@ -409,25 +459,29 @@ def sample_amed_plugin(
         name = getattr(coeffs, "source", None) or "the coefficient set"
         raise ValueError(f"AMED-Plugin: {name} was trained on base {stored!r}, but base={base!r} was requested")
     base = base or stored or "ipndm"
-    if base not in PLUGIN_BASES:
-        raise ValueError(f"AMED-Plugin: unknown base solver {base!r}; choose one of {', '.join(PLUGIN_BASES)}")
-    if max_order is not None and not 1 <= int(max_order) <= (4 if base == "ipndm" else 3):
-        raise ValueError(f"AMED-Plugin: max_order for base {base!r} must be in 1..{4 if base == 'ipndm' else 3}")
+    form = plugin_solver(base, getattr(coeffs, "solver_options", None) if coeffs is not None else None,
+                         max_order=max_order, predict_x0=predict_x0, lower_order_final=lower_order_final,
+                         taylor_d2=taylor_d2, thresholding=thresholding)
     s, zero = prepare_grid(sigmas)
     flow = is_flow_model(model) if flow is None else bool(flow)
     predictor, rows, use_afs = _setup(x, s, coeffs, predictor, afs)
     hist = PluginHistory()
     steps = len(s) - 1
-    if lower_order_final is None:
-        lower_order_final = base == "dpmpp"
 
     def step(i: int, x: torch.Tensor, den: torch.Tensor) -> tuple[torch.Tensor, None]:
         called = not (use_afs and i == 0)
         r, c, a = predict_coefficients(predictor, features, x, s[i], s[i + 1], called, rows["r"][i], rows["c"][i],
                                        rows["a"][i])
-        remaining = 2 * (steps - i) if lower_order_final else None
-        x_next, _ = plugin_step(base, model, x, s[i], s[i + 1], den, r, c, a, hist, extra_args, max_order,
-                                predict_x0, remaining, taylor_d2, thresholding)
+        x_next, _ = plugin_step(base, model, x, s[i], s[i + 1], den, r, c, a, hist, extra_args,
+                                **step_options(form, steps - i))
         return x_next, None
 
     return run_steps(model, x, s, step, extra_args, callback, disable, use_afs, flow, zero)
+
+
+def step_options(form: dict[str, Any], steps_left: int) -> dict[str, Any]:
+    """:func:`plugin_step` keywords for a resolved solver form (:func:`plugin_solver`) with ``steps_left`` intervals
+    to go, this one included (lower-order-final counts the 2 sub-steps per interval)."""
+    return {"max_order": form["max_order"], "predict_x0": form["predict_x0"] is not False,
+            "remaining": 2 * steps_left if form["lower_order_final"] else None,
+            "taylor_d2": bool(form["taylor_d2"]), "thresholding": bool(form["thresholding"])}

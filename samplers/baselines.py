@@ -130,7 +130,8 @@ def dpmpp_weights(
 def dynamic_threshold(denoised: torch.Tensor, ratio: float = 0.995, max_val: float = 1.0) -> torch.Tensor:
     """Dynamic thresholding of a data prediction (section 5): per sample s = max(quantile(|D|, ratio), max_val),
     D -> clamp(D, -s, s) / s."""
-    s = torch.quantile(denoised.abs().reshape(denoised.shape[0], -1).float(), ratio, dim=1)
+    flat = denoised.abs().reshape(denoised.shape[0], -1)
+    s = torch.quantile(flat if flat.dtype in (torch.float32, torch.float64) else flat.float(), ratio, dim=1)
     s = torch.clamp(s, min=max_val).to(denoised.dtype).view(-1, *([1] * (denoised.ndim - 1)))
     return torch.maximum(torch.minimum(denoised, s), -s) / s
 

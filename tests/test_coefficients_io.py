@@ -52,13 +52,23 @@ def test_round_trip(tmp_path):
 
 
 def test_amed_predictor_round_trip(tmp_path):
+    from adasde.samplers.amed import AMEDPredictor
+
+    net = AMEDPredictor(0.01, 0.2, seed=4)
     c = make(kind="amed")
-    c.predictor = {"enc.0.weight": torch.randn(128, 64), "enc.0.bias": torch.zeros(128)}
+    c.predictor, c.predictor_config = dict(net.state_dict()), net.config()
     d = load(save(c, tmp_path / "amed.safetensors"))
-    assert d.kind == "amed" and set(d.predictor) == {"enc.0.weight", "enc.0.bias"}
-    assert torch.equal(d.predictor["enc.0.weight"], c.predictor["enc.0.weight"])
+    assert d.kind == "amed" and set(d.predictor) == set(net.state_dict()) and d.predictor_config == net.config()
+    assert torch.equal(d.predictor["enc1.weight"], c.predictor["enc1.weight"])
     with pytest.raises(CoefficientFileError, match="predictor weights"):
         save(make(kind="amed"), tmp_path / "no_pred.safetensors")
+    # weights that do not rebuild the network of their config are refused when the file is written or read
+    c.predictor, c.predictor_config = {"enc.0.weight": torch.randn(128, 64), "enc.0.bias": torch.zeros(128)}, None
+    with pytest.raises(CoefficientFileError, match="the AMED predictor does not load: .*missing"):
+        save(c, tmp_path / "bad.safetensors")
+    c.predictor, c.predictor_config = dict(net.state_dict()), {**net.config(), "hidden": 1 << 30}
+    with pytest.raises(CoefficientFileError, match="hidden=1073741824 does not match the predictor weights"):
+        save(c, tmp_path / "huge.safetensors")
 
 
 def test_save_is_atomic_on_failure(tmp_path):

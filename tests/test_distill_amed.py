@@ -47,8 +47,10 @@ def test_amed_solver_trains_the_predictor_and_round_trips(gmm, probe, tmp_path):
 
 @pytest.mark.parametrize("base", ["euler", "dpm_2", "ipndm", "dpmpp"])
 def test_amed_plugin_tables(gmm, probe, base):
-    c = distill_amed(gmm, nfe=5, plugin=base, batch=32, trajectories=256, lr=0.05, schedule="polynomial", rho=7.0)
-    assert c.kind == "amed_plugin" and c.base == base and c.predictor is None
+    """``constant=True``: per-step tables instead of the predictor (docs/ALGORITHMS.md section 4.4)."""
+    c = distill_amed(gmm, nfe=5, plugin=base, batch=32, trajectories=256, lr=0.05, schedule="polynomial", rho=7.0,
+                     constant=True)
+    assert c.kind == "amed_plugin" and c.base == base and c.predictor is None and c.training["constant"]
     assert ((c.c > 0.99 - 1e-6) & (c.c < 1.01 + 1e-6)).all() and (c.a == 1).all() and (c.gamma == 0).all()
     x, ref = probe
     out = sample_amed_plugin(gmm, x, c.sigmas.float(), coeffs=c)

@@ -19,7 +19,7 @@ from adasde.coefficients import CoefficientFileError, Coefficients, ModelIdentit
 from adasde.coefficients import io as cio
 from adasde.coefficients.lookup import CoefficientEntry, matching
 from adasde.errors import AdasdeError
-from adasde.samplers import get_sigmas
+from adasde.samplers import AMEDPredictor, get_sigmas
 from helpers.fuzz import corrupt
 from safetensors.torch import save as st_save
 
@@ -191,7 +191,8 @@ def test_fuzz_coefficient_reader(tmp_path):
     """>= 1,000 seeded corruptions (truncation, bit flips, header mutations): only CoefficientFileError, one line."""
     base = save(make(steps=3), tmp_path / "base.safetensors").read_bytes()
     amed = make(steps=3, kind="amed")
-    amed.predictor = {"w": torch.randn(4, 2)}
+    net = AMEDPredictor(0.01, 0.0, seed=0)  # a predictor file is read only if its weights rebuild the network
+    amed.predictor, amed.predictor_config = dict(net.state_dict()), net.config()
     bases = [base, save(amed, tmp_path / "amed.safetensors").read_bytes()]
     rng = random.Random(1234)
     p = tmp_path / "f.safetensors"

@@ -182,21 +182,27 @@ def _interleaved(sigmas: torch.Tensor, r: float = 0.5) -> torch.Tensor:
 
 
 def _dpmpp_3m_lof(m: Any, x: torch.Tensor, grid: torch.Tensor, disable: bool) -> torch.Tensor:
-    return B.sample_dpmpp_3m(m, x, grid, lower_order_final=True, disable=disable)
+    return B.sample_dpmpp_3m(m, x, grid, lower_order_final=True, thresholding=True, disable=disable)
 
 
 @pytest.mark.parametrize("base,ref", [("euler", B.sample_euler), ("ipndm", B.sample_ipndm),
                                       ("dpmpp", _dpmpp_3m_lof)])
 def test_untrained_plugin_is_its_base_on_the_interleaved_grid(base: str, ref: Any) -> None:
     """Section 4.3 with r = 0.5, c = a = 1: the base solver on the grid with geometric midpoints inserted (dpmpp:
-    the AMED reference's defaults, order 3 with lower-order-final; order 2 without it is DPM-Solver++(2M))."""
+    the AMED reference's defaults, order 3 with lower-order-final and dynamic thresholding; order 2 without
+    lower-order-final is DPM-Solver++(2M))."""
     m, x = DiagGaussian(), _x()
     torch.testing.assert_close(sample_amed_plugin(m, x.clone(), GRID, base=base, disable=True),
                                ref(m, x.clone(), _interleaved(GRID), disable=True), rtol=1e-12, atol=1e-12)
     if base == "dpmpp":
         torch.testing.assert_close(
             sample_amed_plugin(m, x.clone(), GRID, base=base, max_order=2, lower_order_final=False, disable=True),
-            B.sample_dpmpp_2m(m, x.clone(), _interleaved(GRID), disable=True), rtol=1e-12, atol=1e-12)
+            B.sample_dpmpp_2m(m, x.clone(), _interleaved(GRID), thresholding=True, disable=True), rtol=1e-12,
+            atol=1e-12)
+        torch.testing.assert_close(
+            sample_amed_plugin(m, x.clone(), GRID, base=base, thresholding=False, disable=True),
+            B.sample_dpmpp_3m(m, x.clone(), _interleaved(GRID), lower_order_final=True, disable=True), rtol=1e-12,
+            atol=1e-12)
 
 
 def test_dpmpp_lower_order_final_and_thresholding() -> None:
