@@ -61,6 +61,36 @@ def checkpoint_path(fname: str) -> str:
     return os.path.join(d, fname[: -len(".safetensors")] + ".ckpt.safetensors")
 
 
+def refine_checkpoint(ckpt_path: str) -> str:
+    """The refinement stage's checkpoint next to the distillation's."""
+    return ckpt_path.replace(".ckpt.safetensors", ".refine.ckpt.safetensors")
+
+
+def _refine(den: Any, coeffs: Any, trajectories: int, batch: int, seed: int, device: Any, ckpt_path: str,
+            resume: bool) -> Any:
+    """The library's grid refinement (docs/ALGORITHMS.md section 3.9) with a ComfyUI progress bar; Cancel keeps its
+    checkpoint."""
+    import comfy.model_management as mm
+    import comfy.utils
+
+    from ..distill.refine import refine
+
+    bar: dict[str, Any] = {}
+
+    def progress(p: dict[str, Any]) -> None:
+        total = int(p.get("total", p.get("iterations", 1)))
+        done = int(p.get("done", p.get("iteration", 0)))
+        if bar.get("phase") != p["phase"]:
+            bar.update(phase=p["phase"], pbar=comfy.utils.ProgressBar(total))
+        bar["pbar"].update_absolute(done, total)
+        mm.throw_exception_if_processing_interrupted()
+
+    rck = refine_checkpoint(ckpt_path)
+    return refine(den, coeffs, trajectories=trajectories, heldout=max(batch, trajectories // 4), batch=batch,
+                  seed=seed, device=device, checkpoint=rck, resume=resume and os.path.isfile(rck),
+                  checkpoint_every=1, progress=progress)
+
+
 def _make_denoiser(guider_call: Any, info: Any, shape: tuple[int, ...], name: str | None) -> Any:
     """A library ``Denoiser`` around the CFG-combined ComfyUI model call, with the UNet bottleneck captured; its
     identity and default grid are the policy's ``ModelInfo`` of the model (docs/ALGORITHMS.md section 10)."""
@@ -191,6 +221,10 @@ class DistillAdaSDE(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
                              control_after_generate=io.ControlAfterGenerate.fixed,
                              tooltip="Seed of the teacher trajectories; kept fixed so a cancelled run resumes."),
+                io.Int.Input("refine_trajectories", default=64, min=0, max=1_000_000,
+                             tooltip="Then learn the time grid with the coefficients against converged 35-NFE Heun "
+                                     "endpoints on this many trajectories; kept only when a held-out loss falls. "
+                                     "0 = the paper's fixed grid."),
                 io.String.Input("file_name", default="adasde-distilled"),
                 io.Boolean.Input("resume", default=True, tooltip="Resume from the checkpoint of a cancelled run."),
             ],
@@ -203,7 +237,7 @@ class DistillAdaSDE(io.ComfyNode):
     def execute(cls, model, cfg: float, width: int, height: int, steps: int, target_nfe: int, teacher_M: int,
                 teacher: str, batch: int, trajectories: int, learning_rate: float, afs: bool, seed: int,
                 file_name: str, resume: bool, positive=None, negative=None, clip=None,
-                prompts: str = "") -> io.NodeOutput:
+                prompts: str = "", refine_trajectories: int = 64) -> io.NodeOutput:
         import comfy.model_management as mm
         import comfy.samplers
         import comfy.utils
@@ -275,6 +309,9 @@ class DistillAdaSDE(io.ComfyNode):
                     else:
                         kw["num_steps"] = steps + 1
                     result["coeffs"] = distill(den, **kw)
+                    if refine_trajectories > 0:
+                        result["coeffs"] = _refine(den, result["coeffs"], refine_trajectories, batch, seed,
+                                                   noise.device, ckpt_path, bool(resume))
                     return latent_image
 
             mm.load_models_gpu([mp])
@@ -290,8 +327,9 @@ class DistillAdaSDE(io.ComfyNode):
                 if getattr(ident, k, "unknown") in (None, "unknown"):
                     setattr(ident, k, getattr(info, k))
         save(coeffs, out_path)
-        if os.path.exists(ckpt_path):
-            os.remove(ckpt_path)
+        for path in (ckpt_path, refine_checkpoint(ckpt_path)):
+            if os.path.exists(path):
+                os.remove(path)
         losses = state["losses"]
         img = chart(losses, coeffs, title=f"{fname}: {coeffs.steps} steps, NFE {coeffs.nfe}")
         sampler = comfy.samplers.KSAMPLER(host.comfy_sample_adasde, extra_options={"coeffs": coeffs})
