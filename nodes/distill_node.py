@@ -221,7 +221,7 @@ class DistillAdaSDE(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
                              control_after_generate=io.ControlAfterGenerate.fixed,
                              tooltip="Seed of the teacher trajectories; kept fixed so a cancelled run resumes."),
-                io.Int.Input("refine_trajectories", default=64, min=0, max=1_000_000,
+                io.Int.Input("refine_trajectories", default=64, min=0, max=1_000_000, optional=True,
                              tooltip="Then learn the time grid with the coefficients against converged 35-NFE Heun "
                                      "endpoints on this many trajectories; kept only when a held-out loss falls. "
                                      "0 = the paper's fixed grid."),
