@@ -70,6 +70,25 @@ def _recipes(a: argparse.Namespace) -> int:
     return 0
 
 
+def _refine(a: argparse.Namespace) -> int:
+    from ..errors import UsageError
+    from .refine import run
+
+    if min(a.repeats, a.trajectories, a.threads, *a.nfe) < 1 or a.samples < 2:
+        raise UsageError("bench refine: --nfe, --repeats, --trajectories and --threads must be >= 1, --samples >= 2")
+    given = {k: v for k, v in (("trajectories", a.refine_trajectories), ("heldout", a.refine_heldout),
+                               ("passes", a.refine_passes)) if v is not None}
+    if any(v < 1 for v in given.values()):
+        raise UsageError("bench refine: --refine-trajectories, --refine-heldout and --refine-passes must be >= 1")
+    cmd = (f"adasde bench refine --nfe {' '.join(map(str, a.nfe))} --repeats {a.repeats} --trajectories "
+           f"{a.trajectories} --samples {a.samples} --threads {a.threads}"
+           + "".join(f" --refine-{k} {v}" for k, v in given.items())
+           + (f" --builtin-dir {a.builtin_dir}" if a.builtin_dir else ""))
+    run(a.model, tuple(a.nfe), a.repeats, a.trajectories, a.samples, given, a.builtin_dir, a.threads, a.out_dir,
+        a.name, not a.no_progress, cmd)
+    return 0
+
+
 def _guidance(a: argparse.Namespace) -> int:
     import torch
 
@@ -100,7 +119,8 @@ def _policy(a: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``bench`` and its sub-commands (overhead, solvers, distill, fid, builtin, policy)."""
+    """Add ``bench`` and its sub-commands (overhead, solvers, distill, fid, builtin, recipes, refine, guidance,
+    policy)."""
     parser = subparsers.add_parser("bench", help="run a benchmark and write bench/results/<name>.md",
                                    description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="bench", metavar="BENCH")
@@ -181,6 +201,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default="recipes", help="report name: bench/results/<name>.md")
     p.add_argument("--out-dir", default=None, help=_OUT_DIR_HELP)
     p.set_defaults(func=_recipes)
+
+    p = sub.add_parser("refine", help="endpoint refinement before/after: exact FD on the GMM testbed per method, "
+                       "NFE and seed; the built-in files' refinement records -> bench/results/refine.md")
+    p.add_argument("--model", default="testbed:gmm-error")
+    p.add_argument("--nfe", type=int, nargs="+", default=[3, 5, 7, 9])
+    p.add_argument("--repeats", type=int, default=5, help="distillation seeds 0 .. repeats-1 (default 5)")
+    p.add_argument("--trajectories", type=int, default=4000,
+                   help="stage-1 trajectories of AdaSDE and AMED-Solver (default 4000, fits a CPU)")
+    p.add_argument("--samples", type=int, default=2000, help="samples per Frechet distance (default 2000)")
+    p.add_argument("--refine-trajectories", type=int, default=None, help="refinement trajectories (default 2560)")
+    p.add_argument("--refine-heldout", type=int, default=None, help="refinement held-out trajectories (default 512)")
+    p.add_argument("--refine-passes", type=int, default=None, help="refinement passes (default 2)")
+    p.add_argument("--builtin-dir", default=None, metavar="DIR",
+                   help="folder of the builtin-fmnist-*.safetensors files to list (default: the shipped ones)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
+    p.add_argument("--name", default="refine", help="report name: bench/results/<name>.md")
+    p.add_argument("--out-dir", default=None, help=_OUT_DIR_HELP)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_refine)
 
     p = sub.add_parser("guidance", help="classifier guidance on the built-in model: requested-class accuracy "
                        "per solver and NFE -> bench/results/guidance.md")
