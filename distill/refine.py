@@ -49,7 +49,7 @@ A_RANGE, C_RANGE = 0.2, 0.1  # a, c stay within exp(+-range) of the distilled va
 
 @dataclass
 class RefineOptions:
-    """Settings of :func:`refine` (defaults: measured on the built-in model, ``bench/results/refine.md``)."""
+    """Settings of :func:`refine` (docs/ALGORITHMS.md section 3.9; results in ``bench/results/refine.md``)."""
 
     trajectories: int = 2560  #: training trajectories (noise -> converged endpoint pairs)
     passes: int = 2  #: passes over them (iterations = passes * trajectories / batch)
