@@ -6,7 +6,7 @@ The papers fix the student grid and match the teacher step by step.  After that 
   ``log t_n - log t_{n+1} = (log t_0 - log t_N) softmax(u)_n``, so the grid stays strictly decreasing;
 * AdaSDE: per-step offsets of r, a and c around the distilled values (``r = sigmoid(logit r0 + u_r)``,
   ``a = a0 exp(0.2 tanh u_a)``, ``c = c0 exp(0.1 tanh u_c)``); gamma and w stay;
-* AMED-Solver: the predictor's weights,
+* AMED-Solver: the predictor's weights (``w0 + 0.1 delta``: about AMED's own rate),
 
 to minimise the squared distance of the student's *final* sample to the converged solution from the same noise
 (Heun at ``teacher_nfe`` model calls on the grid the sampling policy gives Heun): ``E ||x_N(z) - y(z)||^2``,
@@ -45,6 +45,7 @@ KINDS = ("adasde", "amed")
 SEED_SALT = 0x6E1D  # endpoint trajectories use their own seeds: (seed + salt, index)
 HELDOUT_INDEX = 1 << 41  # first index of the held-out trajectories
 A_RANGE, C_RANGE = 0.2, 0.1  # a, c stay within exp(+-range) of the distilled values
+PREDICTOR_STEP = 0.1  # AMED: weights = distilled + 0.1 delta, so the predictor moves at AMED's own rate (section 4.4)
 
 
 @dataclass
@@ -119,11 +120,19 @@ class Student:
             if learn_coeffs:
                 self.params.update(r=self.ur, a=self.ua, c=self.uc)
         else:
-            self.pred = AMEDPredictor.from_coefficients(coeffs).to(device).float().train()
-            for name, p in self.pred.named_parameters():
-                p.requires_grad_(learn_coeffs)
-                if learn_coeffs:
-                    self.params[f"predictor.{name}"] = p
+            self.pred = AMEDPredictor.from_coefficients(coeffs).to(device).float().eval()
+            self.base = {n: p.detach().clone() for n, p in self.pred.named_parameters()}
+            self.delta = {n: torch.zeros_like(p).requires_grad_(learn_coeffs) for n, p in self.base.items()}
+            if learn_coeffs:
+                self.params.update({f"predictor.{n}": d for n, d in self.delta.items()})
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """AMED: the predictor's weights, base + PREDICTOR_STEP * delta."""
+        return {n: self.base[n] + PREDICTOR_STEP * self.delta[n] for n in self.base}
+
+    def predictor(self, h: torch.Tensor | None, t_cur: Any, t_next: Any) -> Any:
+        """The predictor evaluated with :meth:`weights` (differentiable in the deltas)."""
+        return torch.func.functional_call(self.pred, self.weights(), (h, t_cur, t_next))
 
     def sigmas(self) -> torch.Tensor:
         return grid_from(self.u, self.s_max, self.s_min)
@@ -149,7 +158,7 @@ class Student:
                                       afs=afs and n == 0, flow=self.flow)
             return x
         for n in range(len(s) - 1):
-            x, _, _ = amed_step(self.model, x, s[n], s[n + 1], self.pred, self.features, extra_args=extra,
+            x, _, _ = amed_step(self.model, x, s[n], s[n + 1], _Bound(self), self.features, extra_args=extra,
                                 afs=afs and n == 0, flow=self.flow)
         return x
 
@@ -162,9 +171,20 @@ class Student:
                 t = self.tables()
                 out = dataclasses.replace(out, r=t["r"].cpu(), a=t["a"].cpu(), c=t["c"].cpu())
             else:
+                self.pred.load_state_dict({**self.pred.state_dict(), **self.weights()})
                 state = {k: v.detach().cpu().clone() for k, v in self.pred.state_dict().items()}
                 out = dataclasses.replace(out, predictor=state, **_amed_constants(self.pred, out.sigmas))
         return out
+
+
+class _Bound:
+    """The student's predictor as ``amed_step`` calls it (``predictor(h, t, t_next)``, ``bottleneck_dim``)."""
+
+    def __init__(self, student: Student) -> None:
+        self.student, self.bottleneck_dim = student, student.pred.bottleneck_dim
+
+    def __call__(self, h: torch.Tensor | None, t_cur: Any, t_next: Any) -> Any:
+        return self.student.predictor(h, t_cur, t_next)
 
 
 def _amed_constants(pred: AMEDPredictor, sigmas: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -318,6 +338,7 @@ def refine(model: Callable, coeffs: Coefficients, options: RefineOptions | None 
         p.grad = torch.zeros_like(p)
     iterations = math.ceil(o.passes * ends.batches)
     settings = json_settings({"kind": coeffs.kind, "start": coeffs.sigmas.tolist(), "model": run_identity(model),
+                              "parameterisation": {"a": A_RANGE, "c": C_RANGE, "predictor_step": PREDICTOR_STEP},
                               **{k: getattr(o, k) for k in ("trajectories", "passes", "heldout", "batch", "lr",
                                                             "teacher_nfe", "seed", "grid", "coefficients")}})
     start, history, seconds0 = 0, [], 0.0

@@ -3,7 +3,6 @@ endpoints, kept only when the held-out loss falls; resumable; the endpoint cache
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
@@ -107,15 +106,22 @@ def test_endpoint_cache_is_reused_only_when_it_matches(gmm, stage1, refined, tmp
 
 
 def test_amed_refinement_trains_the_predictor_and_recomputes_the_constant_tables() -> None:
+    import dataclasses
+
+    from adasde.samplers.schedules import get_sigmas
+
     model = load_model("builtin:fmnist")
-    start = coefficients.load(Path(coefficients.__file__).parent / "data" / "builtin-fmnist-amed-nfe3.safetensors")
+    shipped = coefficients.load(Path(coefficients.__file__).parent / "data" / "builtin-fmnist-amed-nfe3.safetensors")
+    grid = get_sigmas("polynomial", 3, 0.002, 80.0, rho=7.0, dtype=torch.float64)  # the stage-1 grid
+    start = dataclasses.replace(shipped, sigmas=grid, schedule="polynomial", rho=7.0)
     out = refine(model, start, trajectories=16, heldout=16, batch=8, teacher_nfe=5, passes=1, lr=0.05)
     rec = out.training["refine"]
-    assert math.isfinite(rec["heldout_before"]) and math.isfinite(rec["heldout_after"])
-    if rec["kept"]:
-        assert any(not torch.equal(out.predictor[k], start.predictor[k]) for k in start.predictor)
-        assert not torch.allclose(out.r, start.r)
-        assert out.sigmas[0] == start.sigmas[0] and out.sigmas[-1] == start.sigmas[-1]
+    assert rec["kept"] and rec["heldout_after"] < rec["heldout_before"]
+    assert any(not torch.equal(out.predictor[k], start.predictor[k]) for k in start.predictor)
+    assert set(out.predictor) == set(start.predictor)
+    assert not torch.allclose(out.r, start.r)  # the constant tables follow the new predictor and grid
+    assert out.sigmas[0] == start.sigmas[0] and out.sigmas[-1] == start.sigmas[-1]
+    assert not torch.allclose(out.sigmas, start.sigmas)
 
 
 def test_bad_settings_are_one_line_usage_errors(gmm, stage1) -> None:
