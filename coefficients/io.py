@@ -27,7 +27,7 @@ from .record import BASES, FORMAT_VERSION, KINDS, PREDICTIONS, Coefficients, Mod
 META_KEY = "adasde"
 TABLES = ("r", "a", "c", "gamma", "w")
 PREFIX = "predictor."
-SCHEDULE_NAMES = (*SCHEDULES, "custom")  # "custom": a grid that came from no named schedule (host sigmas)
+SCHEDULE_NAMES = (*SCHEDULES, "custom", "learned")  # custom: host sigmas; learned: refined (docs/ALGORITHMS.md 3.9)
 SIMPLEX_TOL = 1e-4
 # Accepted ranges of the effective coefficients (docs/ALGORITHMS.md sections 3.1 and 3.7): r in (0, 1); a and c in
 # (1 - s, 1 + s) with s = min(scale, 0.99), so within (0, 2); gamma in [0, gamma_max] with gamma_max <= 1.  Learned

@@ -163,9 +163,9 @@ class Student:
         return x
 
     def result(self, training: dict[str, Any]) -> Coefficients:
-        """The refined record (schedule ``custom``: the grid is learned)."""
+        """The refined record (schedule ``learned``)."""
         with torch.no_grad():
-            out = dataclasses.replace(self.coeffs, sigmas=self.sigmas().detach().cpu(), schedule="custom", rho=1.0,
+            out = dataclasses.replace(self.coeffs, sigmas=self.sigmas().detach().cpu(), schedule="learned", rho=1.0,
                                       training=training)
             if self.kind == "adasde":
                 t = self.tables()

@@ -92,7 +92,7 @@ class Plan:
                 what += f" (rows from {self.offset})"
         kind, rho = self.schedule
         return (f"{self.sampler}, {self.steps} steps, NFE {self.nfe}, {kind} grid"
-                f"{'' if kind in ('discrete', 'custom') else f' (rho {rho:g})'}"
+                f"{'' if kind in ('discrete', 'custom', 'learned') else f' (rho {rho:g})'}"
                 f" {float(self.sigmas[0]):.4g}..{float(self.sigmas[self.sigmas > 0][-1]):.4g}"
                 f"{', AFS' if self.afs else ''}, {what}")
 

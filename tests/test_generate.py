@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from adasde import coefficients
 from adasde.cli import main
 from adasde.generate import NonFiniteSampleError, sample_batch
 from adasde.policy import ModelInfo, Plan, plan
@@ -33,7 +34,8 @@ def test_summary_line_and_png_parameters(tmp_path: Path, capsys: pytest.CaptureF
     out = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(out[-1])
     assert summary["sampler"] == "adasde" and summary["nfe"] == 5 and summary["steps"] == 3 and summary["afs"]
-    assert summary["schedule"] == ["polynomial", 7.0]  # the grid the built-in model declares
+    shipped = coefficients.load(summary["coefficients"])
+    assert summary["schedule"] == [shipped.schedule, shipped.rho]  # the file's own grid (learned: section 3.9)
     assert summary["coefficients"].endswith("builtin-fmnist-adasde-nfe5.safetensors")
     assert len(summary["coefficients_sha256"]) == 64 and summary["num_images"] == 2 and summary["seconds"] > 0
     with Image.open(tmp_path / "o" / "000004.png") as im:

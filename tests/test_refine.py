@@ -46,7 +46,7 @@ def test_grid_parameterisation_keeps_ends_and_order() -> None:
 def test_refinement_lowers_the_held_out_endpoint_loss(stage1, refined) -> None:
     rec = refined.training["refine"]
     assert rec["kept"] and rec["heldout_after"] < 0.8 * rec["heldout_before"]
-    assert refined.schedule == "custom" and refined.sigmas[0] == stage1.sigmas[0]
+    assert refined.schedule == "learned" and refined.sigmas[0] == stage1.sigmas[0]
     assert refined.sigmas[-1] == stage1.sigmas[-1]
     assert not torch.allclose(refined.sigmas, stage1.sigmas)  # the interior moved
     assert torch.equal(refined.gamma, stage1.gamma) and torch.equal(refined.w, stage1.w)
@@ -148,7 +148,7 @@ def test_cli_refines_a_file_with_from(stage1, tmp_path: Path, capsys: pytest.Cap
                "--refine-trajectories", "64", "--endpoints", str(tmp_path / "ep.safetensors")])
     assert rc == 0
     got = coefficients.load(out)
-    assert got.training["refine"]["trajectories"] == 64 and got.schedule in ("custom", stage1.schedule)
+    assert got.training["refine"]["trajectories"] == 64 and got.schedule in ("learned", stage1.schedule)
     assert not list(tmp_path.glob("*.ckpt.safetensors"))  # checkpoints removed after success
     capsys.readouterr()
     for argv, needle in (
