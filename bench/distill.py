@@ -53,7 +53,9 @@ def _fmt(vals: list[float]) -> str:
     return f"{m:.3f} ± {sd:.3f}"
 
 
-def _sample(model: Any, name: str, nfe: int, x: torch.Tensor, seeds: list[int], coeffs: Any = None) -> torch.Tensor:
+def sample_solver(model: Any, name: str, nfe: int, x: torch.Tensor, seeds: list[int],
+                  coeffs: Any = None) -> torch.Tensor:
+    """Samples of a distilled record on its own grid, or of a training-free solver on its paper grid."""
     from ..samplers import baselines
     from ..samplers.adasde import sample_adasde
     from ..samplers.presets import preset
@@ -148,8 +150,8 @@ def run(model_spec: str = "testbed:gmm-error", nfes: tuple[int, ...] = NFES, rep
                         timing.append((meth, k, 1000 * dt / trajectories, max(_rss_mib(), rss0)))
                         if rep == 0:
                             learned[(meth, k)] = c
-                        x = _sample(model, "adasde" if meth == "adasde_paper" else meth, k, noise[rep], blocks[rep],
-                                    c)
+                        name = "adasde" if meth == "adasde_paper" else meth
+                        x = sample_solver(model, name, k, noise[rep], blocks[rep], c)
                         fd.setdefault((meth, k), []).append(frechet_distance(x, target))
                     except Exception as exc:  # noqa: BLE001 - report the failure, keep the other rows
                         notes.append(f"{meth} NFE {k} repeat {rep} failed: {type(exc).__name__}: {exc}")
@@ -161,7 +163,7 @@ def run(model_spec: str = "testbed:gmm-error", nfes: tuple[int, ...] = NFES, rep
                     y = teacher_trajectory(model, noise[rep], fine, st["M"], "dpm2")[-1]
                     fd.setdefault(("teacher", k), []).append(frechet_distance(y, target))
                 for base in BASELINES:
-                    x = _sample(model, base, k, noise[rep], blocks[rep])
+                    x = sample_solver(model, base, k, noise[rep], blocks[rep])
                     fd.setdefault((base, k), []).append(frechet_distance(x, target))
                     bar.update()
         floor = fd_floor(target, samples)

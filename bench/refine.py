@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .common import machine, md_table, today, write_report
+from .distill import sample_solver
 
 NFES = (3, 5, 7, 9)
 METHODS = ("adasde", "amed")
@@ -76,20 +77,6 @@ def _grid(vals: list[float]) -> str:
     return " / ".join(f"{v:.4g}" for v in vals)
 
 
-def _sample(model: Any, name: str, nfe: int, x: torch.Tensor, seeds: list[int], coeffs: Any = None) -> torch.Tensor:
-    """Samples of a distilled record on its own grid, or of a training-free solver on its paper grid."""
-    from ..samplers import amed, baselines
-    from ..samplers.adasde import sample_adasde
-    from ..samplers.presets import preset
-
-    if name == "adasde":
-        return sample_adasde(model, x, coeffs.sigmas.float(), coeffs=coeffs, extra_args={"seed": seeds})
-    if name == "amed":
-        return amed.sample_amed(model, x, coeffs.sigmas.float(), coeffs=coeffs)
-    sig, opt = preset(name, nfe, model.sigma_min, model.sigma_max)
-    return getattr(baselines, f"sample_{name}")(model, x, sig, **opt)
-
-
 def measure_gmm(model_spec: str, nfes: tuple[int, ...], repeats: int, trajectories: int, samples: int,
                 refine_overrides: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     """Distil, refine and score every (method, NFE, seed) cell on the testbed (module docstring, part 1)."""
@@ -127,15 +114,15 @@ def measure_gmm(model_spec: str, nfes: tuple[int, ...], repeats: int, trajectori
                     out = refine(model, start, endpoints=endpoints, **refine_overrides)
                     t2 = time.perf_counter()
                     rec = out.training["refine"]
-                    fd_b = frechet_distance(_sample(model, meth, nfe, noise[rep], blocks[rep], start), target)
-                    fd_a = frechet_distance(_sample(model, meth, nfe, noise[rep], blocks[rep], out), target)
+                    fd_b = frechet_distance(sample_solver(model, meth, nfe, noise[rep], blocks[rep], start), target)
+                    fd_a = frechet_distance(sample_solver(model, meth, nfe, noise[rep], blocks[rep], out), target)
                     cells.append(Cell(meth, nfe, rep, fd_b, fd_a, float(rec["heldout_before"]),
                                       float(rec["heldout_after"]), bool(rec["kept"]), t1 - t0, t2 - t1,
                                       [float(v) for v in start.sigmas.tolist()],
                                       [float(v) for v in out.sigmas.tolist()]))
                     bar.update()
                 for name in BASELINES:
-                    x = _sample(model, name, nfe, noise[rep], blocks[rep])
+                    x = sample_solver(model, name, nfe, noise[rep], blocks[rep])
                     base.setdefault((name, nfe), []).append(frechet_distance(x, target))
         floor = fd_floor(target, samples)
         ref_fd = [frechet_distance(reference_solve(model, x, n_steps=200), target) for x in noise]
