@@ -39,7 +39,7 @@ from ..samplers.presets import initial_noise
 from ..samplers.registry import SAMPLERS
 from . import ddp
 from .checkpoint import check_resume, load_checkpoint, restore, run_identity, save_checkpoint
-from .engine import Adam, ModelGuard, NonFiniteError, _sanitise_, condition_rng, sample_seed
+from .engine import Adam, ModelGuard, NonFiniteError, _move, _sanitise_, _slice_extra, condition_rng, sample_seed
 
 KINDS = ("adasde", "amed")
 SEED_SALT = 0x6E1D  # endpoint trajectories use their own seeds: (seed + salt, index)
@@ -225,15 +225,8 @@ class Endpoints:
             return {}
         it = b if b >= 0 else -1_000_000 + b
         full = dict(self.o.condition_fn(it, condition_rng(self.o.seed + SEED_SALT, it)) or {})
-        lo, hi = self.rank * self.local, (self.rank + 1) * self.local
-        out = {}
-        for k, v in full.items():
-            if torch.is_tensor(v) and v.ndim > 0 and v.shape[0] == self.o.batch:
-                v = v[lo:hi]
-            elif isinstance(v, (list, tuple)) and len(v) == self.o.batch:
-                v = type(v)(v[lo:hi])
-            out[k] = v.to(self.device) if torch.is_tensor(v) else v
-        return out
+        lo = self.rank * self.local
+        return _move(_slice_extra(full, self.o.batch, lo, lo + self.local), self.device)
 
     def noise(self, b: int) -> torch.Tensor:
         return initial_noise(self.seeds(b), self.shape, 1.0 if self.flow else self.sigma_max, device=self.device)
@@ -293,7 +286,7 @@ class Endpoints:
                 if meta != json.loads(json.dumps(ident)):
                     return {}
                 return {int(k[1:]): f.get_tensor(k) for k in f.keys() if k[:1] == "b" and k[1:].lstrip("-").isdigit()}
-        except (OSError, ValueError, json.JSONDecodeError, Exception) as exc:  # noqa: BLE001 - any unreadable file
+        except Exception as exc:  # noqa: BLE001 - any unreadable file
             raise InputFileError(f"{path}: not an endpoint cache written by adasde ({type(exc).__name__}); delete it "
                                  "or pass another --endpoints file") from None
 
