@@ -154,7 +154,7 @@ def _clean_predictions(folder: Path) -> list[int]:
 
 
 def test_sample_cg_turns_the_builtin_model_class_conditional(tmp_path: Path) -> None:
-    base = ["sample", "--model", "builtin:fmnist", "--nfe", "5", "--seeds", "0-23", "--batch", "12", "--no-progress"]
+    base = ["sample", "--model", "builtin:fmnist", "--nfe", "5", "--seeds", "0-47", "--batch", "24", "--no-progress"]
     counts = {}
     for sampler in ("adasde", "euler"):
         for g in ("uncond", "cg"):
@@ -162,7 +162,8 @@ def test_sample_cg_turns_the_builtin_model_class_conditional(tmp_path: Path) -> 
             assert main([*base, "--sampler", sampler, *extra, "--out", str(tmp_path / f"{sampler}-{g}")]) == 0
             counts[sampler, g] = _clean_predictions(tmp_path / f"{sampler}-{g}").count(7)
     # the clean classifier sees the requested class (7, sneaker) far more often with guidance (default rate 4)
-    assert counts["euler", "cg"] >= 18 and counts["euler", "uncond"] <= 6
+    # (48 images: at 5 model calls the large steps of the learned solver take less of the guidance than Euler's)
+    assert counts["euler", "cg"] >= 36 and counts["euler", "uncond"] <= 12
     assert counts["adasde", "cg"] >= counts["adasde", "uncond"] + 6
     rec = json.loads((tmp_path / "adasde-cg" / ".adasde_sample.json").read_text())
     assert rec["guidance"] == {"guidance": "cg", "guidance_rate": 4.0, "classifier": "builtin:fmnist-noisy-classifier",
